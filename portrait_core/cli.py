@@ -1,0 +1,79 @@
+"""`python -m portrait_core`: the command line over the same core the WebUI tabs and HTTP API use."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from portrait_core import __version__
+from portrait_core.errors import PortraitError
+from portrait_core.log import configure_logging, get_logger
+
+log = get_logger("cli")
+
+# Subcommands that a later issue builds; running one says so instead of pretending to work.
+NOT_BUILT_YET = {
+    "train": "issue #4 (LoRA training)",
+    "generate": "issue #5 (portrait generation)",
+    "workflow": "issue #7 (pose and image-prompt workflows)",
+    "serve": "issue #6 (HTTP API and UI)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m portrait_core", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"Portrait Studio {__version__}")
+    parser.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo_parser(sub)
+    _add_preprocess_parser(sub)
+    for name, issue in NOT_BUILT_YET.items():
+        sub.add_parser(name, help=f"not built yet: arrives with {issue}")
+    return parser
+
+
+def _add_demo_parser(sub) -> None:
+    demo = sub.add_parser("demo", help="run the pipeline on sample photos and a tiny local model")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the results")
+    demo.add_argument("--base-model", type=Path, default=None,
+                      help="a diffusers folder or .safetensors checkpoint; default: the tiny local model")
+    demo.add_argument("--size", type=int, default=256, help="output size in pixels (multiple of 8)")
+    demo.add_argument("--steps", type=int, default=10)
+    demo.add_argument("--seed", type=int, default=1)
+
+
+def _add_preprocess_parser(sub) -> None:
+    pre = sub.add_parser("preprocess", help="check, score and crop a folder of photos into a dataset")
+    pre.add_argument("photos_dir", type=Path, metavar="PHOTOS_DIR")
+    pre.add_argument("--id", required=True, dest="identity", help="identity name: letters, digits, - and _")
+    pre.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.loglevel)
+    if args.command in NOT_BUILT_YET:
+        print(f"'{args.command}' is not built yet: it arrives with {NOT_BUILT_YET[args.command]}.",
+              file=sys.stderr)
+        return 2
+    try:
+        return _run(args)
+    except PortraitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from portrait_core.demo import run_demo
+        return run_demo(out_dir=args.out, base_model=args.base_model, size=args.size,
+                        steps=args.steps, seed=args.seed)
+    if args.command == "preprocess":
+        from portrait_core.preprocess import run_from_cli
+        return run_from_cli(photos_dir=args.photos_dir, identity=args.identity, root=args.root)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Exceptions the core raises; each names the file, field or value at fault."""
+
+from __future__ import annotations
+
+
+class PortraitError(Exception):
+    """Base class for every error Portrait Studio raises on purpose."""
+
+
+class CheckpointError(PortraitError):
+    """A base model (diffusers folder or single-file checkpoint) is missing, corrupt or of an unknown kind."""
+
+
+class LoraFileError(PortraitError):
+    """A file given as a LoRA is missing or is not a LoRA we can apply."""
+
+
+class ControlError(PortraitError):
+    """A control (ControlNet unit) is of an unknown kind or has unusable inputs."""
+
+
+class InputImageError(PortraitError):
+    """An image or mask argument has the wrong size, mode or content."""
+
+
+class ModelUnavailableError(PortraitError):
+    """A model's weights are not on disk and cannot be downloaded (offline, or download failed)."""
+
+
+class GenerationInterrupted(PortraitError):  # noqa: N818 - it is an event the caller handles, not a bug
+    """The user interrupted a diffusion call; `steps_done` says how far it got."""
+
+    def __init__(self, steps_done: int, total: int):
+        super().__init__(f"interrupted after {steps_done} of {total} steps")
+        self.steps_done = steps_done
+        self.total = total
