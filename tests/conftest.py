@@ -1,0 +1,56 @@
+"""Shared fixtures: a private Portrait Studio home per test session, offline, and the tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+# Nothing in the fast tier may reach a model hub; set before transformers/diffusers are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def portrait_home(tmp_path_factory) -> Path:
+    """Point PORTRAIT_HOME at a private folder so tests never touch the user's ~/.portrait-studio."""
+    from portrait_core import config
+
+    home = tmp_path_factory.mktemp("portrait-home")
+    os.environ[config.ENV_HOME] = str(home)
+    os.environ.pop(config.ENV_MODELS_DIR, None)
+    os.environ.pop(config.ENV_CACHE_DIR, None)
+    config.reset()
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tiny_cache_dir) -> Path:
+    from portrait_core.tiny_sd import ensure_tiny_sd15
+
+    return ensure_tiny_sd15(seed=0, cache_dir=tiny_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_cache_dir) -> Path:
+    from portrait_core.tiny_sd import ensure_tiny_sdxl
+
+    return ensure_tiny_sdxl(seed=0, cache_dir=tiny_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """A real frontal portrait that ships with scikit-image (public domain NASA photo)."""
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
