@@ -176,7 +176,7 @@ def _write_sdxl(folder: Path, seed: int) -> None:
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     text_encoder_2.save_pretrained(folder / "text_encoder_2", safe_serialization=True)
     write_tokenizer_files(folder / "tokenizer", pad_token=END_TOKEN)
-    write_tokenizer_files(folder / "tokenizer_2", pad_token="!")
+    write_tokenizer_files(folder / "tokenizer_2", pad_token="!")  # noqa: S106 - SDXL pads its second tokenizer with "!"
     for offset, kind in enumerate(SDXL_CONTROL_KINDS, start=30):
         _controlnet(unet, seed, offset).save_pretrained(folder / f"controlnet-{kind}", safe_serialization=True)
     _write_model_index(folder, "StableDiffusionXLPipeline", text_encoders=2)

@@ -1,0 +1,348 @@
+"""DiffusersHost: the standalone diffusion host, on diffusers pipelines (also what the tests drive).
+
+It loads a base model once (a diffusers folder or a single-file WebUI checkpoint), keeps it and
+every ControlNet it has loaded in memory, and builds cheap pipeline objects around those shared
+components per task. LoRAs are merged into the weights and restored exactly when the set changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from portrait_core import imaging
+from portrait_core.errors import ControlError, GenerationInterrupted, InputImageError, LoraFileError
+from portrait_core.hosts.base import Control, LoraList
+from portrait_core.log import get_logger
+
+log = get_logger("diffusers_host")
+
+SUPPORTED_CONTROLS = ("canny", "openpose", "tile", "color")
+LORA_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
+
+# WebUI sampler name -> (diffusers scheduler class, extra config)
+SAMPLER_SCHEDULERS = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DDIM": ("DDIMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
+}
+
+# (family, task, with controls) -> diffusers pipeline class name
+PIPELINE_CLASSES = {
+    ("sd15", "txt2img", False): "StableDiffusionPipeline",
+    ("sd15", "txt2img", True): "StableDiffusionControlNetPipeline",
+    ("sd15", "inpaint", False): "StableDiffusionInpaintPipeline",
+    ("sd15", "inpaint", True): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "txt2img", False): "StableDiffusionXLPipeline",
+    ("sdxl", "txt2img", True): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
+    ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+}
+
+
+class _StopRequested(Exception):  # noqa: N818 - internal signal out of the diffusers step loop
+    pass
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One diffusion call, validated and sized."""
+
+    task: str
+    prompt: str
+    negative: str
+    controls: tuple[Control, ...]
+    steps: int
+    cfg: float
+    seed: int
+    sampler: str
+    size: tuple[int, int]
+    denoise: float = 1.0
+
+
+class DiffusersHost:
+    """A Host on diffusers. `base_model`: a diffusers folder or a `.safetensors` checkpoint.
+
+    ControlNets are looked up in `controlnets` (kind -> diffusers folder), else in
+    `controlnet-<kind>/` folders next to / inside the base model folder (the tiny model's layout).
+    """
+
+    def __init__(self, base_model: Path, *, controlnets: dict[str, Path] | None = None,
+                 lora_dir: Path | None = None, checkpoints_dir: Path | None = None,
+                 progress_callback: Callable[[int, int, str], None] | None = None, device: str | None = None):
+        self.base_model = Path(base_model)
+        self._controlnet_paths = {k: Path(v) for k, v in (controlnets or {}).items()}
+        self._lora_dir = Path(lora_dir) if lora_dir else self.base_model.parent / "Lora"
+        self._checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
+        self._progress_callback = progress_callback
+        self._device = device
+        self._interrupt = threading.Event()
+        self._components = None
+        self._controlnets: dict[str, object] = {}
+        self._pipelines: dict[tuple, object] = {}
+        self._lora_patcher = None
+        self.load_count = 0  # weight loads from disk; a warm call adds none
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            import torch
+
+            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self._device
+
+    @property
+    def family(self) -> str:
+        return self._load_components().family
+
+    def unload(self) -> None:
+        """Drop every model this host holds; the next call loads again."""
+        self._components = None
+        self._controlnets.clear()
+        self._pipelines.clear()
+        self._lora_patcher = None
+
+    def _load_components(self):
+        if self._components is None:
+            import torch
+
+            from portrait_core.checkpoints import load_components
+
+            dtype = torch.float16 if self.device == "cuda" else torch.float32
+            components = load_components(self.base_model, dtype=dtype)
+            for model in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
+                if model is not None:
+                    model.to(self.device).requires_grad_(False).eval()
+            self._components = components
+            self.load_count += 1
+            log.info("loaded base model %s (%s)", self.base_model.name, components.family)
+        return self._components
+
+    # ---- Host protocol -----------------------------------------------------------------------
+    def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str, negative: str = "", *,
+                controls: Sequence[Control] = (), lora: LoraList = (), steps: int = 20,
+                denoise: float = 0.45, cfg: float = 7.0, seed: int = 0, sampler: str = "Euler a",
+                size: tuple[int, int] | None = None, mask_blur: int = 4) -> Image.Image:
+        """Repaint the white part of `mask`; pixels away from it come back exactly as they were."""
+        mask = imaging.check_mask(image, mask)
+        size = _check_size(size or _floor8(image.size))
+        if not 0.0 < denoise <= 1.0 or int(steps * denoise) < 1:
+            raise InputImageError(f"denoise {denoise} with {steps} steps leaves no step to run; "
+                                  "raise denoise or steps")
+        request = _Request("inpaint", prompt, negative, tuple(controls), steps, cfg, seed, sampler, size, denoise)
+        work_image = image.convert("RGB").resize(size, Image.LANCZOS)
+        work_mask = mask.resize(size, Image.NEAREST)
+        generated = self._run(request, lora, {"image": work_image, "mask_image": work_mask, "strength": denoise})
+        return imaging.feathered_composite(work_image, generated, work_mask, mask_blur)
+
+    def txt2img(self, prompt: str, negative: str = "", *, controls: Sequence[Control] = (),
+                lora: LoraList = (), steps: int = 20, cfg: float = 7.0, seed: int = 0,
+                sampler: str = "Euler a", size: tuple[int, int] = (512, 512)) -> Image.Image:
+        request = _Request("txt2img", prompt, negative, tuple(controls), steps, cfg, seed, sampler,
+                           _check_size(size))
+        return self._run(request, lora, {})
+
+    def restore_faces(self, image: Image.Image, codeformer_weight: float = 0.7) -> Image.Image:
+        from portrait_core.errors import ModelUnavailableError
+
+        raise ModelUnavailableError("the standalone host has no face-restoration model yet "
+                                    "(CodeFormer support arrives with issue #7)")
+
+    def upscale(self, image: Image.Image, scale: float = 2.0, upscaler: str | None = None) -> Image.Image:
+        if upscaler not in (None, "Lanczos"):
+            raise InputImageError(f"upscaler {upscaler!r} is not available standalone; use 'Lanczos'")
+        return imaging.unsharp_upscale(image, scale)
+
+    def checkpoints(self) -> list[str]:
+        found = [str(self.base_model)]
+        if self._checkpoints_dir and self._checkpoints_dir.is_dir():
+            found += sorted(str(p) for p in self._checkpoints_dir.glob("*.safetensors") if p != self.base_model)
+        return found
+
+    def controlnet_models(self) -> list[str]:
+        return [kind for kind in SUPPORTED_CONTROLS if self._controlnet_path(kind) is not None]
+
+    def lora_dir(self) -> Path:
+        return self._lora_dir
+
+    def progress(self, step: int, total: int, text: str = "") -> None:
+        if self._progress_callback is not None:
+            self._progress_callback(step, total, text)
+
+    def interrupt(self) -> None:
+        """Ask the running call to stop after its current step (callable from another thread)."""
+        self._interrupt.set()
+
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _run(self, request: _Request, lora: LoraList, task_kwargs: dict) -> Image.Image:
+        import torch
+
+        self._interrupt.clear()
+        control_kwargs = self._control_kwargs(request)  # validates controls before any loading work
+        lora_files = [(self._lora_path(name), float(weight)) for name, weight in lora]
+        pipeline = self._pipeline(request.task, tuple(c.kind for c in request.controls))
+        self._patcher().apply(lora_files)
+        pipeline.scheduler = self._scheduler(request.sampler)
+        done = [0]
+        try:
+            result = pipeline(
+                prompt=request.prompt, negative_prompt=request.negative or None,
+                num_inference_steps=request.steps, guidance_scale=request.cfg,
+                height=request.size[1], width=request.size[0],
+                generator=torch.Generator("cpu").manual_seed(request.seed),
+                callback_on_step_end=self._step_callback(request.task, done),
+                **task_kwargs, **control_kwargs)
+        except _StopRequested:
+            raise GenerationInterrupted(done[0], self._planned_steps(request)) from None
+        return result.images[0]
+
+    def _planned_steps(self, request: _Request) -> int:
+        return max(1, int(request.steps * request.denoise)) if request.task == "inpaint" else request.steps
+
+    def _step_callback(self, text: str, done: list[int]):
+        def on_step_end(pipe, step_index, timestep, callback_kwargs):
+            done[0] = step_index + 1
+            self.progress(done[0], pipe.num_timesteps, text)
+            if self._interrupt.is_set():
+                raise _StopRequested
+            return callback_kwargs
+
+        return on_step_end
+
+    def _control_kwargs(self, request: _Request) -> dict:
+        if not request.controls:
+            return {}
+        maps = [self._control_map(control, request.size) for control in request.controls]
+        modes = {control.mode for control in request.controls}
+        if "prompt" in modes:
+            log.warning("DiffusersHost has no 'my prompt is more important' mode; running it as balanced")
+        image_key = "control_image" if request.task == "inpaint" else "image"
+        return {
+            image_key: maps,
+            "controlnet_conditioning_scale": [c.weight for c in request.controls],
+            "control_guidance_start": [c.start for c in request.controls],
+            "control_guidance_end": [c.end for c in request.controls],
+            "guess_mode": "control" in modes,
+        }
+
+    def _control_map(self, control: Control, size: tuple[int, int]) -> Image.Image:
+        if control.kind not in SUPPORTED_CONTROLS:
+            raise ControlError(f"DiffusersHost cannot run a {control.kind!r} control; it runs "
+                               f"{', '.join(SUPPORTED_CONTROLS)}")
+        if control.preprocessed:
+            control_map = control.image.convert("RGB")
+        elif control.kind == "canny":
+            control_map = imaging.canny_map(control.image)
+        elif control.kind == "color":
+            control_map = imaging.color_grid_map(control.image)
+        elif control.kind == "tile":
+            control_map = imaging.tile_map(control.image)
+        else:
+            raise ControlError("openpose controls need a ready-made pose image (preprocessed=True)")
+        return control_map.resize(size, Image.LANCZOS)
+
+    def _controlnet_path(self, kind: str) -> Path | None:
+        if kind in self._controlnet_paths:
+            return self._controlnet_paths[kind]
+        for folder in (self.base_model, self.base_model.parent):
+            candidate = folder / f"controlnet-{kind}"
+            if (candidate / "config.json").is_file():
+                return candidate
+        return None
+
+    def _controlnet(self, kind: str):
+        if kind not in self._controlnets:
+            from diffusers import ControlNetModel
+
+            path = self._controlnet_path(kind)
+            if path is None or not (path / "config.json").is_file():
+                raise ControlError(f"no ControlNet model for {kind!r}: put a diffusers ControlNet folder at "
+                                   f"{self.base_model.parent / f'controlnet-{kind}'} or pass controlnets=")
+            components = self._load_components()
+            model = ControlNetModel.from_pretrained(str(path), local_files_only=True,
+                                                    torch_dtype=components.unet.dtype)
+            self._controlnets[kind] = model.to(self.device).requires_grad_(False).eval()
+            self.load_count += 1
+        return self._controlnets[kind]
+
+    def _pipeline(self, task: str, control_kinds: tuple[str, ...]):
+        components = self._load_components()
+        key = (task, control_kinds)
+        if key not in self._pipelines:
+            import diffusers
+
+            class_name = PIPELINE_CLASSES[(components.family, task, bool(control_kinds))]
+            kwargs = _pipeline_components(components)
+            if control_kinds:
+                from diffusers.pipelines.controlnet import MultiControlNetModel
+
+                kwargs["controlnet"] = MultiControlNetModel([self._controlnet(k) for k in control_kinds])
+            pipeline = getattr(diffusers, class_name)(**kwargs)
+            pipeline.set_progress_bar_config(disable=True)
+            self._pipelines[key] = pipeline
+        return self._pipelines[key]
+
+    def _scheduler(self, sampler: str):
+        import diffusers
+
+        if sampler not in SAMPLER_SCHEDULERS:
+            raise InputImageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_SCHEDULERS)}")
+        class_name, extra = SAMPLER_SCHEDULERS[sampler]
+        return getattr(diffusers, class_name).from_config(self._load_components().scheduler.config, **extra)
+
+    def _patcher(self):
+        if self._lora_patcher is None:
+            from portrait_core.lora import LoraPatcher
+
+            components = self._load_components()
+            self._lora_patcher = LoraPatcher({"unet": components.unet, "text_encoder": components.text_encoder,
+                                              "text_encoder_2": components.text_encoder_2})
+        return self._lora_patcher
+
+    def _lora_path(self, name) -> Path:
+        """A LoRA given as a path is used as is; a name must be a plain file name in the LoRA folder."""
+        if isinstance(name, Path):
+            return name
+        if not name or not set(name) <= LORA_NAME_CHARS or name.startswith("."):
+            raise LoraFileError(f"LoRA name {name!r} must be a file name in {self._lora_dir} "
+                                "(letters, digits, '-', '_', '.', spaces)")
+        stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+        path = self._lora_dir / f"{stem}.safetensors"
+        if not path.is_file():
+            raise LoraFileError(f"LoRA {name!r} not found: expected {path}")
+        return path
+
+
+def _pipeline_components(components) -> dict:
+    kwargs = {"vae": components.vae, "text_encoder": components.text_encoder, "tokenizer": components.tokenizer,
+              "unet": components.unet, "scheduler": components.scheduler}
+    if components.family == "sdxl":
+        kwargs.update(text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2)
+    else:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return kwargs
+
+
+def _floor8(size: tuple[int, int]) -> tuple[int, int]:
+    return (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    width, height = (int(v) for v in size)
+    if width % 8 or height % 8 or width < 64 or height < 64:
+        raise InputImageError(f"size {width}x{height} must be at least 64x64 and a multiple of 8 on each side")
+    return (width, height)
