@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from portrait_core.clip_tokenizer import (
-    END_TOKEN, START_TOKEN, VOCAB_SIZE, build_vocab, load_clip_tokenizer, read_merges, write_tokenizer_files,
+    END_TOKEN,
+    START_TOKEN,
+    VOCAB_SIZE,
+    build_vocab,
+    load_clip_tokenizer,
+    read_merges,
+    write_tokenizer_files,
 )
 
 
