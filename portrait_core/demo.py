@@ -59,7 +59,7 @@ def run_demo(out_dir: Path, base_model: Path | None = None, size: int = 256, ste
     sheet_path = out_dir / "demo_contact_sheet.png"
     _contact_sheet([portrait, mask.convert("RGB"), *_control_maps(controls), result]).save(sheet_path)
     seconds = time.perf_counter() - started
-    _write_summary(out_dir, model, size, steps, seed, seconds)
+    _write_summary(out_dir, model=model, size=size, steps=steps, seed=seed, seconds=seconds)
     print(f"\nWrote {result_path} and {sheet_path} ({seconds:.1f} s).")
     return 0
 
@@ -79,11 +79,11 @@ def _contact_sheet(images: list[Image.Image], labels_height: int = 0) -> Image.I
     return sheet
 
 
-def _write_summary(out_dir: Path, model: Path, size: int, steps: int, seed: int, seconds: float) -> None:
+def _write_summary(out_dir: Path, *, model: Path, size: int, steps: int, seed: int, seconds: float) -> None:
     summary = {"base_model": str(model), "size": size, "steps": steps, "seed": seed,
                "seconds": round(seconds, 2), "contact_sheet": "input | mask | canny | color grid | result"}
     (out_dir / "demo.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
 def _print_progress(step: int, total: int, text: str) -> None:
-    print(f"\r{text}: step {step}/{total}", end="", flush=True)  # noqa: T201 - the demo's terminal output
+    print(f"\r{text}: step {step}/{total}", end="", flush=True)

@@ -191,6 +191,7 @@ def write_lora_file(path: Path, layers: dict[str, LoraLayer], metadata: dict[str
     os.close(handle)
     try:
         save_file(tensors, temp_name, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        Path(temp_name).chmod(0o644)  # mkstemp makes owner-only files; a LoRA is an ordinary shared file
         os.replace(temp_name, path)
     finally:
         if Path(temp_name).exists():

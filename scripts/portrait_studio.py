@@ -1,0 +1,112 @@
+"""Portrait Studio inside the WebUI: applies the --portrait-* flags and registers its callbacks.
+
+The WebUI imports this file with the extension folder first on sys.path, which is what makes
+`portrait_core` importable. Keep it thin: no torch, no diffusers, no model loads at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import gradio as gr
+
+from modules import script_callbacks, shared
+from portrait_core import config, log
+from portrait_core.params import GenerateParams
+
+logger = log.get_logger("webui")
+
+SETTINGS_SECTION = ("portrait_studio", "Portrait Studio")
+SETTINGS_CATEGORY = "sd"
+WEBUI_MODELS_SUBDIR = "PortraitStudio"
+
+
+def flag(name: str, default=None):
+    """A --portrait-* flag's value. Missing when preload.py has not run yet, e.g. right after the
+    extension was installed from the Extensions tab and only the UI was reloaded."""
+    return getattr(shared.cmd_opts, name, default)
+
+
+def saved_option(key: str, default=None):
+    """A setting as saved in the WebUI's config.json (loaded before scripts are imported)."""
+    return shared.opts.data.get(key, default) if shared.opts is not None else default
+
+
+def resolve_models_dir(flag_value: str | None, saved_value: str | None, environ: Mapping[str, str],
+                       webui_models_path: str) -> Path:
+    """--portrait-models-dir, else the Settings value, else PORTRAIT_MODELS_DIR, else models/PortraitStudio."""
+    for candidate in (flag_value, saved_value, environ.get(config.ENV_MODELS_DIR)):
+        if candidate and str(candidate).strip():
+            return Path(str(candidate).strip()).expanduser()
+    return Path(webui_models_path) / WEBUI_MODELS_SUBDIR
+
+
+def resolve_offline(flag_value: bool, saved_value: bool, environ: Mapping[str, str]) -> bool:
+    """Offline when any of --portrait-offline, the Settings checkbox or PORTRAIT_OFFLINE says so."""
+    return bool(flag_value) or bool(saved_value) or config.Settings.from_env(environ).offline
+
+
+def apply_configuration() -> config.Settings:
+    """Point portrait_core at the models folder and offline mode in force; also the settings' onchange."""
+    settings = config.configure(
+        models_dir=resolve_models_dir(flag("portrait_models_dir"), saved_option("portrait_models_dir"),
+                                      os.environ, shared.models_path),
+        offline=resolve_offline(flag("portrait_offline", False), saved_option("portrait_offline", False),
+                                os.environ),
+    )
+    logger.info("models folder %s%s", settings.models_dir, " (offline)" if settings.offline else "")
+    return settings
+
+
+def generate_param_slider(field_name: str, step: float = 0.05) -> tuple[float, dict]:
+    """Default and slider range of a GenerateParams field, so the setting cannot disagree with the model."""
+    field = GenerateParams.__fields__[field_name]
+    return field.default, {"minimum": field.field_info.ge, "maximum": field.field_info.le, "step": step}
+
+
+def checkpoint_choices() -> dict:
+    # "" first: no default, use the checkpoint loaded in the WebUI at the time.
+    return {"choices": ["", *shared.list_checkpoint_tiles(False)]}
+
+
+def settings_options() -> dict[str, shared.OptionInfo]:
+    """The "Portrait Studio" section of the WebUI's Settings page, by option key."""
+    placement = {"section": SETTINGS_SECTION, "category_id": SETTINGS_CATEGORY}
+    lora_weight, lora_weight_range = generate_param_slider("lora_weight")
+    codeformer_weight, codeformer_weight_range = generate_param_slider("codeformer_weight")
+    return {
+        "portrait_models_dir": shared.OptionInfo(
+            "", "Models folder", onchange=apply_configuration, **placement,
+        ).info(f"empty: --portrait-models-dir, else PORTRAIT_MODELS_DIR, else models/{WEBUI_MODELS_SUBDIR}"),
+        "portrait_base_checkpoint": shared.OptionInfo(
+            "", "Default base checkpoint for training", gr.Dropdown, checkpoint_choices,
+            refresh=shared.refresh_checkpoints, **placement,
+        ).info("empty: the checkpoint loaded in the WebUI"),
+        "portrait_lora_weight": shared.OptionInfo(
+            lora_weight, "Default LoRA weight of a trained identity", gr.Slider, lora_weight_range, **placement,
+        ),
+        "portrait_codeformer_fidelity": shared.OptionInfo(
+            codeformer_weight, "Default CodeFormer fidelity", gr.Slider, codeformer_weight_range, **placement,
+        ).info("0 = strongest restoration, 1 = closest to the generated face"),
+        "portrait_offline": shared.OptionInfo(
+            False, "Offline mode: never download models", onchange=apply_configuration, **placement,
+        ).info("--portrait-offline turns it on regardless"),
+    }
+
+
+def on_ui_settings() -> None:
+    for key, info in settings_options().items():
+        shared.opts.add_option(key, info)
+
+
+def register_callbacks() -> None:
+    script_callbacks.on_ui_settings(on_ui_settings)
+    # Issue #6 registers on_ui_tabs (the Portrait Studio tab) and on_app_started (the
+    # /sdapi/v1/portrait routes) here, next to the settings.
+
+
+log.configure_logging(flag("portrait_loglevel", "INFO"))
+apply_configuration()
+register_callbacks()

@@ -1,0 +1,40 @@
+"""Double of modules/sd_models.py: the checkpoint list (files in models/Stable-diffusion), nothing loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modules import paths_internal
+
+model_path = str(Path(paths_internal.models_path, "Stable-diffusion").absolute())
+checkpoints_list = {}
+CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
+VAE_SUFFIXES = (".vae.ckpt", ".vae.safetensors")
+
+
+class CheckpointInfo:
+    """Names as the real one derives them; without a cached sha256 the title is the relative name."""
+
+    def __init__(self, filename):
+        self.filename = filename
+        path = Path(filename).absolute()
+        inside_models = path.is_relative_to(model_path)
+        self.name = path.relative_to(model_path).as_posix() if inside_models else path.name
+        self.name_for_extra = path.stem
+        self.title = self.name
+        self.short_title = self.name_for_extra
+
+    def register(self):
+        checkpoints_list[self.title] = self
+
+
+def checkpoint_tiles(use_short=False):
+    return [x.short_title if use_short else x.title for x in checkpoints_list.values()]
+
+
+def list_models():
+    checkpoints_list.clear()
+    for path in sorted(Path(model_path).rglob("*")):
+        lowered = path.name.lower()
+        if path.is_file() and lowered.endswith(CHECKPOINT_SUFFIXES) and not lowered.endswith(VAE_SUFFIXES):
+            CheckpointInfo(str(path)).register()
