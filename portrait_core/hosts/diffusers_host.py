@@ -93,6 +93,13 @@ class DiffusersHost:
         self._lora_patcher = None
         self.load_count = 0  # weight loads from disk; a warm call adds none
 
+    @classmethod
+    def from_components(cls, components, *, device: str | None = None, **kwargs) -> DiffusersHost:
+        """A host around models already in memory (e.g. the trainer's, with live LoRA adapters)."""
+        host = cls(Path(components.source), device=device, **kwargs)
+        host._components = components
+        return host
+
     # ---- lifecycle -------------------------------------------------------------------------
     @property
     def device(self) -> str:

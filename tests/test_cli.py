@@ -1,0 +1,57 @@
+"""`python -m portrait_core`: the commands a user types, run as a user runs them (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+
+
+def _run(args, home, timeout=300):
+    env = os.environ | {"PORTRAIT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "portrait_core", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_help_lists_every_subcommand(tmp_path):
+    result = _run(["--help"], tmp_path)
+    assert result.returncode == 0
+    for command in ("demo", "preprocess", "train", "generate", "workflow", "serve"):
+        assert command in result.stdout
+
+
+def test_unbuilt_commands_say_which_issue_brings_them(tmp_path):
+    for command, issue in (("generate", "#5"), ("workflow", "#7"), ("serve", "#6")):
+        result = _run([command], tmp_path)
+        assert result.returncode == 2
+        assert "not built yet" in result.stderr and issue in result.stderr
+
+
+def test_demo_writes_an_inpainted_portrait(tmp_path, tiny_sd15):
+    out = tmp_path / "out"
+    result = _run(["demo", "--out", str(out), "--size", "128", "--steps", "4", "--base-model", str(tiny_sd15)],
+                  tmp_path)
+    assert result.returncode == 0, result.stderr
+    image = Image.open(out / "demo_inpaint.png")
+    assert image.size == (128, 128)
+    assert str(out / "demo_inpaint.png") in result.stdout
+    sheet = Image.open(out / "demo_contact_sheet.png")
+    assert sheet.size == (128 * 5, 128)
+    corner = np.asarray(image)[:10, :10].astype(int)
+    source = np.asarray(sheet)[:10, :10].astype(int)
+    assert np.array_equal(corner, source), "the demo changed pixels outside the face mask"
+    assert json.loads((out / "demo.json").read_text())["steps"] == 4
+
+
+def test_demo_with_a_missing_checkpoint_fails_cleanly(tmp_path):
+    result = _run(["demo", "--out", str(tmp_path / "o"), "--base-model", str(tmp_path / "nope.safetensors")],
+                  tmp_path)
+    assert result.returncode == 1
+    assert "nope.safetensors" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
