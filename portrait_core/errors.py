@@ -34,3 +34,32 @@ class GenerationInterrupted(PortraitError):  # noqa: N818 - it is an event the c
         super().__init__(f"interrupted after {steps_done} of {total} steps")
         self.steps_done = steps_done
         self.total = total
+
+
+class ModelDownloadError(ModelUnavailableError):
+    """A model download failed, or its bytes had the wrong size or SHA-256; no file was kept."""
+
+
+class UnusablePhotoError(InputImageError):
+    """A photo cannot be used for training; `reason` is the short explanation shown to the user."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
+
+
+class IdentityError(PortraitError):
+    """An identity id is not allowed (characters, length, path tricks) or names no stored identity."""
+
+
+class EmbeddingMismatchError(PortraitError):
+    """Two face embeddings come from different models or sizes and cannot be compared."""
+
+
+class NoUsablePhotosError(PortraitError):
+    """Preprocessing kept no photo; `report` says why each one was rejected."""
+
+    def __init__(self, message: str, report):
+        super().__init__(message)
+        self.report = report

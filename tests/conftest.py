@@ -54,3 +54,27 @@ def astronaut():
     from skimage import data
 
     return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def shared_faces_dir() -> Path:
+    """The shared real test photos (`<repo>/../shared/data/faces`; CI clones shared/ beside the repo)."""
+    folder = (SHARED_DIR / "data" / "faces").resolve()
+    if not (folder / "obama.jpg").is_file():
+        pytest.skip(f"shared test photos not found at {folder} (clone the shared/ folder beside the repo)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared_obama(tmp_path_factory, shared_faces_dir) -> Path:
+    """An identities root holding 'obama', prepared from the five shared Obama photos."""
+    import shutil
+
+    from portrait_core.preprocess import preprocess_folder
+
+    photos = tmp_path_factory.mktemp("obama-photos")
+    for path in sorted(shared_faces_dir.glob("obama*.jpg")):
+        shutil.copy(path, photos / path.name)
+    root = tmp_path_factory.mktemp("identities")
+    preprocess_folder(photos, "obama", root=root)
+    return root

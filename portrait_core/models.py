@@ -1,0 +1,281 @@
+"""Model registry: which weight files exist, where they are found locally, and how they are downloaded.
+
+Each `ModelFile` names a file by a path relative to a models folder, with its full-file SHA-256, size
+and download URL when known. Lookup goes through the models folder from the settings, then any extra
+folders (another tool's models folder, `~/.insightface/models`). A file is downloaded only when it is
+missing, downloads are allowed (not offline) and its SHA-256 is known; the bytes go to a temporary file
+beside the target, are checked in full, and only then renamed into place, so an interrupted or corrupt
+download never leaves a file at the final path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import importlib.util
+import os
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from portrait_core import __version__
+from portrait_core.config import settings
+from portrait_core.errors import ModelDownloadError, ModelUnavailableError
+from portrait_core.log import get_logger
+
+log = get_logger("models")
+
+_CHUNK = 1 << 20
+_HF_INSIGHTFACE = "https://huggingface.co/public-data/insightface/resolve/main/models"
+INSIGHTFACE_RELEASES = "https://github.com/deepinsight/insightface/releases/tag/v0.7"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One weight file: `file` is its path relative to a models folder (forward slashes).
+
+    `sha256` and `size` describe the exact published file; `None` means not known, in which case the
+    file is only ever used when found locally, never downloaded. `also_at` lists other relative paths
+    it is found at in other tools' layouts.
+    """
+
+    name: str
+    file: str
+    sha256: str | None = None
+    size: int | None = None
+    url: str | None = None
+    description: str = ""
+    also_at: tuple[str, ...] = ()
+
+
+def _insightface_file(pack: str, filename: str, *, sha256: str | None, size: int | None,
+                      url: str | None, description: str) -> ModelFile:
+    return ModelFile(name=f"insightface/{pack}/{Path(filename).stem}", file=f"insightface/{pack}/{filename}",
+                     sha256=sha256, size=size, url=url, description=description,
+                     also_at=(f"insightface/models/{pack}/{filename}", f"{pack}/{filename}"))
+
+
+# Digests and sizes of the insightface v0.7 buffalo_l release files (the same bytes on every mirror).
+# antelopev2's files are found locally only: no digest for them is pinned here.
+BUILTIN_MODELS: tuple[ModelFile, ...] = (
+    _insightface_file("buffalo_l", "det_10g.onnx",
+                      sha256="5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91", size=16_923_827,
+                      url=f"{_HF_INSIGHTFACE}/buffalo_l/det_10g.onnx",
+                      description="SCRFD-10G face detector (buffalo_l)"),
+    _insightface_file("buffalo_l", "w600k_r50.onnx",
+                      sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43", size=174_383_860,
+                      url=f"{_HF_INSIGHTFACE}/buffalo_l/w600k_r50.onnx",
+                      description="ArcFace R50 identity model (buffalo_l)"),
+    _insightface_file("antelopev2", "scrfd_10g_bnkps.onnx", sha256=None, size=None, url=None,
+                      description="SCRFD-10G face detector (antelopev2)"),
+    _insightface_file("antelopev2", "glintr100.onnx", sha256=None, size=None, url=None,
+                      description="ArcFace R100 identity model (antelopev2)"),
+)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a whole file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file shipped inside an installed Python package, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    where = ", ".join(locations) or "nowhere (the package is not installed)"
+    raise ModelUnavailableError(f"{relative} from the Python package {package!r} is missing; looked in {where}. "
+                                f"Install it with: pip install {package}")
+
+
+class ModelRegistry:
+    """Known model files plus the folders they are looked up in; settings are read at call time."""
+
+    def __init__(self, files: Iterable[ModelFile] = (), *, models_dir: Path | None = None,
+                 extra_dirs: Sequence[Path] = (), offline: bool | None = None, timeout: float = 60.0):
+        self._files: dict[str, ModelFile] = {}
+        for model in files:
+            self.add(model)
+        self._models_dir = Path(models_dir) if models_dir is not None else None
+        self._extra_dirs = [Path(d) for d in extra_dirs]
+        self._offline = offline
+        self.timeout = timeout
+
+    def add(self, model: ModelFile) -> None:
+        if model.name in self._files and self._files[model.name] != model:
+            raise ValueError(f"model {model.name!r} is already registered with different details")
+        self._files[model.name] = model
+
+    def get(self, name: str) -> ModelFile:
+        try:
+            return self._files[name]
+        except KeyError:
+            raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(self._files))}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._files)
+
+    @property
+    def models_dir(self) -> Path:
+        return self._models_dir if self._models_dir is not None else settings().models_dir
+
+    @property
+    def offline(self) -> bool:
+        return self._offline if self._offline is not None else settings().offline
+
+    def search_dirs(self) -> list[Path]:
+        return [self.models_dir, *self._extra_dirs]
+
+    def expected_path(self, name: str) -> Path:
+        """Where the file belongs (and where a download puts it): inside the models folder."""
+        return self.models_dir / self.get(name).file
+
+    def candidate_paths(self, name: str) -> list[Path]:
+        model = self.get(name)
+        return [folder / relative for folder in self.search_dirs() for relative in (model.file, *model.also_at)]
+
+    def find(self, name: str) -> Path | None:
+        """The first local copy whose size matches (when the size is known), else None."""
+        model = self.get(name)
+        for path in self.candidate_paths(name):
+            if not path.is_file():
+                continue
+            actual = path.stat().st_size
+            if model.size is not None and actual != model.size:
+                log.warning("ignoring %s: %d bytes, but %s is %d bytes (incomplete or another version?)",
+                            path, actual, model.name, model.size)
+                continue
+            return path
+        return None
+
+    def missing(self, names: Iterable[str]) -> list[ModelFile]:
+        return [self.get(name) for name in names if self.find(name) is None]
+
+    def resolve(self, name: str, *, download: bool = True) -> Path:
+        """A local path to the model, downloading it first when that is allowed and possible."""
+        found = self.find(name)
+        if found is not None:
+            return found
+        model = self.get(name)
+        refusal = self._download_refusal(model, download)
+        if refusal:
+            raise ModelUnavailableError(self.describe_missing(model, refusal))
+        return fetch_url_to_file(model.url, self.expected_path(name), sha256=model.sha256, size=model.size,
+                                 timeout=self.timeout, label=model.name)
+
+    def verify(self, name: str, path: Path | None = None) -> Path:
+        """Check a local copy's full SHA-256 (slow for big files; `find` only checks the size)."""
+        model = self.get(name)
+        path = path or self.find(name)
+        if path is None:
+            raise ModelUnavailableError(self.describe_missing(model, "it is not on disk"))
+        if model.sha256 is not None:
+            actual = sha256_file(path)
+            if actual != model.sha256:
+                raise ModelUnavailableError(f"{path} does not match {model.name}: SHA-256 {actual}, "
+                                            f"expected {model.sha256}")
+        return path
+
+    def can_download(self, name: str) -> bool:
+        """True when `resolve` would download the file if it were missing."""
+        return self._download_refusal(self.get(name), download=True) is None
+
+    def _download_refusal(self, model: ModelFile, download: bool) -> str | None:
+        if not download:
+            return "downloading was not requested"
+        if self.offline:
+            return "downloads are off (offline mode)"
+        if not model.url or not model.sha256:
+            return "it has no pinned download with a known SHA-256, so it is never fetched automatically"
+        return None
+
+    def describe_missing(self, model: ModelFile, why: str) -> str:
+        looked = ", ".join(str(p) for p in self.candidate_paths(model.name))
+        source = f"download it from {model.url}" if model.url else f"get it from {INSIGHTFACE_RELEASES}"
+        return (f"model file {model.file} ({model.description or model.name}) is missing and {why}. "
+                f"Put it at {self.expected_path(model.name)} ({source}). Looked in: {looked}")
+
+
+def default_registry(extra_dirs: Sequence[Path] = ()) -> ModelRegistry:
+    """The registry of built-in models over the settings' models folder, the given extra folders and
+    insightface's own `~/.insightface/models`."""
+    insightface_home = Path.home() / ".insightface" / "models"
+    return ModelRegistry(BUILTIN_MODELS, extra_dirs=[*extra_dirs, insightface_home])
+
+
+def fetch_url_to_file(url: str, dest: Path, *, sha256: str, size: int | None = None, timeout: float = 60.0,
+                      label: str | None = None,
+                      progress: Callable[[int, int | None], None] | None = None) -> Path:
+    """Download `url` to `dest`, verifying the full-file SHA-256 (and size) before renaming into place.
+
+    Raises ModelDownloadError (naming the file, URL and cause) on a network error, an interrupted
+    transfer, a size or SHA-256 mismatch; in every failure case nothing is left at `dest`.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ModelDownloadError(f"refusing to download {label or dest.name} from {url!r}: only http(s) URLs")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    what = label or dest.name
+    log.info("downloading %s from %s", what, url)
+    try:
+        received, digest = _stream_to_file(url, partial, timeout=timeout, progress=progress)
+        _check_download(what, url, received, digest, sha256=sha256, size=size)
+        os.replace(partial, dest)
+    except (OSError, http.client.HTTPException) as error:
+        raise ModelDownloadError(f"download of {what} from {url} failed ({_describe_error(error)}); "
+                                 f"nothing was saved at {dest}") from error
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("saved %s (%d bytes, SHA-256 verified) at %s", what, received, dest)
+    return dest
+
+
+def _stream_to_file(url: str, target: Path, *, timeout: float,
+                    progress: Callable[[int, int | None], None] | None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"User-Agent": f"portrait-studio/{__version__}"})  # noqa: S310 - http(s) only, checked by the caller
+    digest = hashlib.sha256()
+    received = 0
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:  # noqa: S310 - scheme checked above
+        announced = response.headers.get("Content-Length")
+        expected = int(announced) if announced and announced.isdigit() else None
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+            if progress is not None:
+                progress(received, expected)
+        out.flush()
+        os.fsync(out.fileno())
+    if expected is not None and received != expected:
+        raise OSError(f"the connection closed after {received} of {expected} bytes")
+    return received, digest.hexdigest()
+
+
+def _check_download(what: str, url: str, received: int, digest: str, *, sha256: str, size: int | None) -> None:
+    if size is not None and received != size:
+        raise ModelDownloadError(f"download of {what} from {url} is {received} bytes, expected {size}; "
+                                 "the file was discarded")
+    if digest != sha256.lower():
+        raise ModelDownloadError(f"download of {what} from {url} is corrupt: SHA-256 {digest}, expected "
+                                 f"{sha256}; the file was discarded")
+
+
+def _describe_error(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return f"cannot connect: {error.reason}"
+    if isinstance(error, http.client.IncompleteRead):
+        return f"the connection closed after {len(error.partial)} bytes"
+    return str(error) or type(error).__name__
