@@ -14,7 +14,6 @@ log = get_logger("cli")
 
 # Subcommands that a later issue builds; running one says so instead of pretending to work.
 NOT_BUILT_YET = {
-    "train": "issue #4 (LoRA training)",
     "generate": "issue #5 (portrait generation)",
     "workflow": "issue #7 (pose and image-prompt workflows)",
     "serve": "issue #6 (HTTP API and UI)",
@@ -28,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_parser(sub)
     _add_preprocess_parser(sub)
+    _add_train_parser(sub)
     for name, issue in NOT_BUILT_YET.items():
         sub.add_parser(name, help=f"not built yet: arrives with {issue}")
     return parser
@@ -50,6 +50,20 @@ def _add_preprocess_parser(sub) -> None:
     pre.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
 
 
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="train an identity's LoRA (runs preprocessing first with --photos)")
+    train.add_argument("--id", required=True, dest="identity", help="identity name: letters, digits, - and _")
+    train.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+    train.add_argument("--photos", type=Path, default=None, help="folder of photos to prepare first")
+    train.add_argument("--base-model", default=None, help="checkpoint or diffusers folder; default: tiny local model")
+    train.add_argument("--max-steps", type=int, default=None)
+    train.add_argument("--resolution", type=int, default=None)
+    train.add_argument("--validate-every", type=int, default=None)
+    train.add_argument("--rank", type=int, default=None)
+    train.add_argument("--alpha", type=float, default=None)
+    train.add_argument("--sdxl", action="store_true", help="SDXL base (the tiny SDXL model when none is given)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.loglevel)
@@ -57,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"'{args.command}' is not built yet: it arrives with {NOT_BUILT_YET[args.command]}.",
               file=sys.stderr)
         return 2
+    from pydantic import ValidationError
+
     try:
         return _run(args)
-    except PortraitError as error:
+    except (PortraitError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -72,6 +88,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "preprocess":
         from portrait_core.preprocess import run_from_cli
         return run_from_cli(photos_dir=args.photos_dir, identity=args.identity, root=args.root)
+    if args.command == "train":
+        from portrait_core.training.cli import run_train_command
+        return run_train_command(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -25,6 +25,15 @@ class Settings:
     identities_dir: Path
     cache_dir: Path
     offline: bool
+    lora_dir: Path | None = None  # the WebUI's --lora-dir; standalone, LoRAs live beside the identities
+
+    @property
+    def lora_folder(self) -> Path:
+        return self.lora_dir or self.identities_dir
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -52,7 +61,7 @@ def configure(**changes) -> Settings:
     """Override some settings (e.g. `models_dir=` from `--portrait-models-dir`); returns the result."""
     global _current  # noqa: PLW0603
     base = settings()
-    for key in ("home", "models_dir", "identities_dir", "cache_dir"):
+    for key in ("home", "models_dir", "identities_dir", "cache_dir", "lora_dir"):
         if changes.get(key) is not None:
             changes[key] = Path(changes[key]).expanduser()
     _current = replace(base, **{k: v for k, v in changes.items() if v is not None})

@@ -174,26 +174,15 @@ class LoraPatcher:
 
 def write_lora_file(path: Path, layers: dict[str, LoraLayer], metadata: dict[str, str] | None = None) -> Path:
     """Write layers as a kohya LoRA file, atomically: a failure leaves any previous file untouched."""
-    import os
-    import tempfile
-
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
+    from portrait_core.store import atomic_write_bytes
+
     tensors = {}
     for prefix, layer in layers.items():
         tensors[f"{prefix}.lora_down.weight"] = layer.down.detach().contiguous()
         tensors[f"{prefix}.lora_up.weight"] = layer.up.detach().contiguous()
         tensors[f"{prefix}.alpha"] = torch.tensor(float(layer.alpha))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        Path(temp_name).chmod(0o644)  # mkstemp makes owner-only files; a LoRA is an ordinary shared file
-        os.replace(temp_name, path)
-    finally:
-        if Path(temp_name).exists():
-            Path(temp_name).unlink()
-    return path
+    data = save(tensors, metadata={key: str(value) for key, value in (metadata or {}).items()})
+    return atomic_write_bytes(Path(path), data)

@@ -76,45 +76,103 @@ class DiffusionParams(StrictModel):
 
 
 class TrainParams(StrictModel):
-    """LoRA training of one identity (reference defaults from ARCHITECTURE.md; issue #4 fills the rest)."""
+    """LoRA training of one identity; reference defaults from ARCHITECTURE.md (EasyPhoto's).
 
-    identity: str = Field(..., min_length=1, max_length=64, regex=r"^[A-Za-z0-9_-]+$")
-    base_model: Optional[str] = None
-    resolution: int = Field(512, ge=64, le=2048)
+    `resolution`, `rank` and `alpha` left empty take the model family's default: 512 / 128 / 64
+    for SD1.5, 1024 / 32 / 16 for SDXL.
+    """
+
+    identity: str = Field(..., min_length=1, max_length=64, regex=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    base_model: Optional[str] = Field(None, description="checkpoint path or name; empty: the tiny local model")
+    resolution: Optional[int] = Field(None, ge=64, le=2048)
     max_train_steps: int = Field(800, ge=1, le=100_000)
     steps_per_photo: int = Field(200, ge=1, le=10_000)
     batch_size: int = Field(1, ge=1, le=64)
     gradient_accumulation: int = Field(4, ge=1, le=256)
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
-    rank: int = Field(128, ge=1, le=1024)
-    alpha: float = Field(64.0, gt=0, le=1024)
+    text_encoder_lr_ratio: float = Field(0.5, ge=0, le=1.0, description="text encoder LR = ratio x LR")
+    rank: Optional[int] = Field(None, ge=1, le=1024)
+    alpha: Optional[float] = Field(None, gt=0, le=1024)
     validate_every: int = Field(100, ge=1, le=100_000)
+    merge_top: int = Field(4, ge=1, le=100, description="best validation images that vote in the final merge")
+    early_stop_patience: int = Field(0, ge=0, le=100, description="stop after K validations without gain; 0: off")
     top_k_photos: int = Field(15, ge=1, le=100)
     seed: int = Field(42, ge=0, le=2**32 - 1)
 
+    @validator("resolution")
+    def _resolution_multiple_of_8(cls, value):  # noqa: N805
+        if value is not None and value % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {value}")
+        return value
+
+    def trainer_arguments(self) -> list[str]:
+        """The trainer CLI flags these parameters stand for (paths are added by the caller)."""
+        flags = {"--identity": self.identity, "--max-steps": self.max_train_steps,
+                 "--steps-per-photo": self.steps_per_photo, "--batch-size": self.batch_size,
+                 "--grad-accum": self.gradient_accumulation, "--learning-rate": self.learning_rate,
+                 "--text-encoder-lr-ratio": self.text_encoder_lr_ratio, "--validate-every": self.validate_every,
+                 "--merge-top": self.merge_top, "--early-stop-patience": self.early_stop_patience,
+                 "--seed": self.seed, "--resolution": self.resolution, "--rank": self.rank, "--alpha": self.alpha}
+        return [part for flag, value in flags.items() if value is not None for part in (flag, str(value))]
+
 
 class GenerateParams(StrictModel):
-    """One portrait from a template (reference defaults from ARCHITECTURE.md; issue #5 fills the rest)."""
+    """One portrait from a template; reference defaults from ARCHITECTURE.md (EasyPhoto's).
 
-    identities: List[str] = Field(..., min_items=1)
+    Pass 1 repaints the face (canny + openpose + color controls and the LoRA), pass 2 the ring
+    around it (canny + tile). Face fusion pastes the user's reference face before pass 1 and after it.
+    """
+
+    identities: List[str] = Field(..., min_items=1, description="one identity per template face, left to right")
+    face_order: Optional[List[int]] = Field(None, description="which template face (0 = leftmost) each "
+                                                              "identity goes to; default: 0, 1, 2 ...")
+    prompt: str = Field("", max_length=2000, description="added after the identity's trigger words")
+    negative_prompt: str = Field("blurry, lowres, deformed face, bad anatomy, watermark, text", max_length=2000)
     lora_weight: float = Field(0.9, ge=0.0, le=2.0)
     first_pass_steps: int = Field(50, ge=1, le=150)
-    first_pass_denoise: float = Field(0.45, ge=0.0, le=1.0)
+    first_pass_denoise: float = Field(0.45, ge=0.01, le=1.0)
     second_pass_steps: int = Field(20, ge=1, le=150)
-    second_pass_denoise: float = Field(0.30, ge=0.0, le=1.0)
+    second_pass_denoise: float = Field(0.30, ge=0.0, le=1.0, description="0 skips the second pass")
     cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    canny_weight: float = Field(0.50, ge=0.0, le=2.0, description="pass 1")
+    openpose_weight: float = Field(0.50, ge=0.0, le=2.0, description="pass 1")
+    color_weight: float = Field(0.85, ge=0.0, le=2.0, description="pass 1")
+    second_canny_weight: float = Field(1.0, ge=0.0, le=2.0, description="pass 2")
+    tile_weight: float = Field(1.0, ge=0.0, le=2.0, description="pass 2")
+    ip_adapter_weight: Optional[float] = Field(None, ge=0.0, le=2.0, description="image prompt from the "
+                                               "reference face: default 0 beside a LoRA, 0.6 without one")
     face_fusion_before: float = Field(0.5, ge=0.0, le=1.0)
     face_fusion_after: float = Field(0.5, ge=0.0, le=1.0)
-    codeformer_weight: float = Field(0.7, ge=0.0, le=1.0)
+    color_transfer: bool = True
+    skin_retouch: float = Field(0.0, ge=0.0, le=1.0, description="edge-preserving skin smoothing; 0 = off")
+    restore_faces: bool = True
+    codeformer_weight: float = Field(0.7, ge=0.0, le=1.0, description="CodeFormer fidelity (1 = keep most)")
+    upscale: float = Field(1.0, ge=1.0, le=4.0, description="super-resolution of the result; 1 = off")
+    crop_scale: float = Field(3.0, ge=1.2, le=8.0, description="work crop = this x the face box")
+    crop_size: int = Field(512, ge=64, le=2048, description="short side of the work crop (multiple of 8)")
     sampler: SamplerName = "Euler a"
     seed: int = Field(-1, ge=-1, le=2**32 - 1)
-    batch: int = Field(1, ge=1, le=16)
+    batch: int = Field(1, ge=1, le=16, description="seeds seed, seed+1, ...; results ranked by identity score")
 
     @validator("identities", each_item=True)
     def _identity_names(cls, value):  # noqa: N805
         if not value or not all(ch.isalnum() or ch in "-_" for ch in value):
             raise ValueError(f"identity {value!r} may hold only letters, digits, '-' and '_'")
         return value
+
+    @validator("crop_size")
+    def _crop_multiple_of_8(cls, value):  # noqa: N805
+        if value % 8:
+            raise ValueError(f"crop_size must be a multiple of 8, got {value}")
+        return value
+
+    @root_validator(skip_on_failure=True)
+    def _one_face_per_identity(cls, values):  # noqa: N805
+        order = values.get("face_order")
+        if order is not None and (len(order) != len(values["identities"]) or len(set(order)) != len(order)
+                                  or min(order) < 0):
+            raise ValueError("face_order must give one distinct face index (>= 0) per identity")
+        return values
 
 
 def params_json_schema() -> dict:

@@ -55,6 +55,8 @@ def apply_configuration() -> config.Settings:
                                       os.environ, shared.models_path),
         offline=resolve_offline(flag("portrait_offline", False), saved_option("portrait_offline", False),
                                 os.environ),
+        # The built-in Lora extension's --lora-dir: trained LoRAs go where the WebUI lists them.
+        lora_dir=flag("lora_dir"),
     )
     logger.info("models folder %s%s", settings.models_dir, " (offline)" if settings.offline else "")
     return settings

@@ -104,12 +104,12 @@ def test_wrong_shapes_are_refused(tmp_path):
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = write_lora_file(tmp_path / "keep.safetensors", {"lora_unet_proj": _layer(5, 6)})
     before = path.read_bytes()
-    import safetensors.torch
+    import os
 
-    def broken_save(*args, **kwargs):
+    def rename_fails(*args, **kwargs):  # the crash point: new bytes written, not yet swapped in
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+    monkeypatch.setattr(os, "replace", rename_fails)
     with pytest.raises(OSError, match="disk full"):
         write_lora_file(path, {"lora_unet_proj": _layer(5, 6, seed=9)})
     assert path.read_bytes() == before

@@ -20,7 +20,8 @@ def test_runs_on_pydantic_1_like_the_webui():
 
 def test_reference_defaults():
     train = TrainParams(identity="ana")
-    assert (train.resolution, train.max_train_steps, train.rank, train.alpha) == (512, 800, 128, 64.0)
+    assert (train.max_train_steps, train.steps_per_photo, train.learning_rate) == (800, 200, 1e-4)
+    assert train.rank is None and train.resolution is None  # the model family decides: 128 / 512 for SD1.5
     generate = GenerateParams(identities=["ana"])
     assert (generate.first_pass_steps, generate.first_pass_denoise, generate.lora_weight) == (50, 0.45, 0.9)
 

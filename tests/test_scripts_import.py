@@ -55,6 +55,11 @@ def test_flags_reach_portrait_core(tmp_path):
         assert logging.getLogger().level != logging.DEBUG, "the root logger must stay untouched"
 
 
+def test_trained_loras_go_to_the_webuis_lora_dir(tmp_path):
+    with webui_started(tmp_path / "webui", ["--lora-dir", str(tmp_path / "my-loras")]):
+        assert core_settings().lora_folder == tmp_path / "my-loras"
+
+
 def test_without_flags_models_live_in_the_webuis_models_folder(tmp_path):
     with webui_started(tmp_path / "webui", environ={"PORTRAIT_OFFLINE": ""}):
         settings = core_settings()

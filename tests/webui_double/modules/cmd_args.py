@@ -20,3 +20,6 @@ parser.add_argument("--api-auth", type=str, default=None)
 parser.add_argument("--nowebui", action="store_true")
 parser.add_argument("--disable-all-extensions", action="store_true", default=False)
 parser.add_argument("--disable-extra-extensions", action="store_true", default=False)
+# Added in the real WebUI by the built-in Lora extension's preload.py (extensions-builtin/Lora/preload.py),
+# default <models>/Lora; kept here so the double's parser knows it.
+parser.add_argument("--lora-dir", type=str, default=None, help="Path to directory with Lora networks.")

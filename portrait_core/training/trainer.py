@@ -1,0 +1,156 @@
+"""The LoRA trainer: `parse_args(argv)` + `main(args)`, run by the job runner under `accelerate launch`.
+
+One identity's dataset in, a kohya-format LoRA out. The VAE latents of every image and its mirror
+are computed once; a step is only the trainable work (text encoder + UNet with LoRA adapters).
+Every `--validate-every` steps a checkpoint is saved (atomically) and, when validation inputs are
+given, scored by how well it renders the person; at the end the best checkpoints are merged.
+
+    python -m accelerate.commands.launch -m portrait_core.training.trainer --base-model M --dataset D --output-dir O
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from portrait_core.errors import PortraitError
+from portrait_core.log import configure_logging, get_logger
+
+log = get_logger("trainer")
+
+TRAINER_VERSION = "portrait-studio-trainer/1"
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+CHECKPOINT_GLOB = "checkpoint-*.safetensors"
+
+
+class TrainingCancelled(Exception):  # noqa: N818 - a signal turned into control flow, not a bug
+    """SIGTERM/SIGINT arrived: stop at once; atomic writes leave only complete files behind."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="portrait_core.training.trainer", description=__doc__.split("\n")[0])
+    parser.add_argument("--base-model", type=Path, required=True, help="diffusers folder or .safetensors")
+    parser.add_argument("--dataset", type=Path, required=True, help="folder of training images (+ .txt captions)")
+    parser.add_argument("--output-dir", type=Path, required=True, help="checkpoints, progress and validation")
+    parser.add_argument("--final-lora", type=Path, default=None, help="where the merged LoRA goes")
+    parser.add_argument("--identity", default="person")
+    parser.add_argument("--caption", default=None, help="caption for images without a .txt (default: a photo of ID)")
+    parser.add_argument("--resolution", type=int, default=None, help="default 512, SDXL 1024")
+    parser.add_argument("--max-steps", type=int, default=800)
+    parser.add_argument("--steps-per-photo", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--grad-accum", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--text-encoder-lr-ratio", type=float, default=0.5)
+    parser.add_argument("--rank", type=int, default=None, help="default 128, SDXL 32")
+    parser.add_argument("--alpha", type=float, default=None, help="default 64, SDXL 16")
+    parser.add_argument("--validate-every", type=int, default=100)
+    parser.add_argument("--merge-top", type=int, default=4, help="best validation images that vote in the merge")
+    parser.add_argument("--early-stop-patience", type=int, default=0, help="stop after K validations without gain")
+    parser.add_argument("--validation-dir", type=Path, default=None,
+                        help="the identity's prepared dataset folder (manifest.json + embeddings.json)")
+    parser.add_argument("--validation-images", type=int, default=2, help="templates rendered per validation")
+    parser.add_argument("--validation-steps", type=int, default=20)
+    parser.add_argument("--validation-denoise", type=float, default=0.7,
+                        help="how much of the template face is repainted (identity must come from the LoRA)")
+    parser.add_argument("--face-reference", type=Path, default=None,
+                        help="where to copy the best validation render (the face reference for generation)")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint-N files after the merge")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto")
+    parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output-dir")
+    parser.add_argument("--loglevel", default="INFO")
+    return parser.parse_args(argv)
+
+
+def planned_steps(n_photos: int, steps_per_photo: int, max_steps: int) -> int:
+    """EasyPhoto's rule: more photos, more steps, up to a ceiling."""
+    return max(1, min(n_photos * steps_per_photo, max_steps))
+
+
+class ProgressLog:
+    """Appends one JSON object per line to progress.jsonl; readers poll the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, phase: str, **fields) -> None:
+        record = {"phase": phase, "time": round(time.time(), 3), **fields}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class TrainingState:
+    step: int = 0
+    total: int = 0
+    losses: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    first_step: int = 0
+    best_score: float | None = None
+    validations_without_gain: int = 0
+
+    def eta_seconds(self) -> float | None:
+        done = self.step - self.first_step
+        if done <= 0:
+            return None
+        return (time.perf_counter() - self.started) / done * (self.total - self.step)
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_logging(args.loglevel)
+    previous_handlers = _install_cancel_handlers()
+    progress = ProgressLog(args.output_dir / "progress.jsonl")
+    try:
+        from portrait_core.training.loop import run_training
+
+        final = run_training(args, progress)
+    except TrainingCancelled:
+        progress.write("cancelled")
+        print("training cancelled; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
+    except PortraitError as error:
+        progress.write("error", error=str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    progress.write("done", lora=str(final))
+    print(f"LoRA written to {final}")
+    return 0
+
+
+def _install_cancel_handlers() -> dict:
+    """SIGTERM/SIGINT become TrainingCancelled; returns the handlers to put back afterwards."""
+    def cancel(signum, frame):
+        raise TrainingCancelled(signal.Signals(signum).name)
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    for signum in previous:
+        signal.signal(signum, cancel)
+    return previous
+
+
+def default_rank_alpha(family: str, rank: int | None, alpha: float | None) -> tuple[int, float]:
+    default_rank, default_alpha = (32, 16.0) if family == "sdxl" else (128, 64.0)
+    return (rank or default_rank, alpha if alpha is not None else (default_alpha if rank is None else rank / 2))
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None or math.isinf(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

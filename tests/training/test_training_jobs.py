@@ -1,0 +1,151 @@
+"""Training end to end on the tiny model: a real accelerate subprocess, job queue, cancel, crash, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from portrait_core import config
+from portrait_core.hosts.diffusers_host import DiffusersHost
+from portrait_core.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner
+from portrait_core.params import TrainParams
+from portrait_core.training.service import start_training
+
+KOHYA_KEY = r"lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)"
+
+
+@pytest.fixture
+def lora_dir(tmp_path):
+    folder = tmp_path / "Lora"
+    config.configure(lora_dir=folder)
+    yield folder
+    config.reset()
+
+
+@pytest.fixture
+def runner(tmp_path):
+    jobs = JobRunner(tmp_path / "jobs")
+    yield jobs
+    jobs.close()
+
+
+def _params(**overrides) -> TrainParams:
+    values = {"identity": "obama", "max_train_steps": 20, "resolution": 64, "validate_every": 10, "rank": 4,
+              "alpha": 2.0, "gradient_accumulation": 1, "learning_rate": 1e-3}
+    return TrainParams(**(values | overrides))
+
+
+def _progress(job) -> list[dict]:
+    path = Path(job.output_dir) / "progress.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_full_run_makes_a_kohya_lora_that_changes_the_image(prepared_obama, runner, lora_dir, tiny_sd15):
+    import re
+
+    first = start_training(runner, _params(base_model=str(tiny_sd15)), root=prepared_obama)
+    second = start_training(runner, _params(base_model=str(tiny_sd15), max_train_steps=2, validate_every=2),
+                            root=prepared_obama)
+    _wait_for(lambda: runner.get(first.id).state == RUNNING)
+    assert runner.get(second.id).state == QUEUED, "two trainings ran at once"
+    job = runner.wait(first.id, timeout=300)
+    assert job.state == DONE, job.error
+    lora = Path(job.result_path)
+    assert lora == lora_dir / "obama.safetensors" and lora.is_file()
+    with safe_open(str(lora), "pt") as handle:
+        keys, metadata = list(handle.keys()), handle.metadata()
+        alphas = {handle.get_tensor(k).item() for k in keys if k.endswith(".alpha")}
+    assert keys and all(re.fullmatch(KOHYA_KEY, key) for key in keys)
+    assert any(k.startswith("lora_te_") for k in keys) and any("attn2_to_k" in k for k in keys)
+    assert alphas == {2.0}, "alpha must be written as trained, not reset to the rank"
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_base_model_version"] == "sd_v1"
+    assert metadata["portrait_studio.identity"] == "obama" and metadata["ss_num_train_images"] == "5"
+    phases = [record["phase"] for record in _progress(job)]
+    assert phases.count("checkpoint") == 2 and phases[-1] == "done"
+    assert not list(Path(job.output_dir).glob("checkpoint-*.safetensors")), "checkpoints left after the merge"
+    host = DiffusersHost(tiny_sd15, lora_dir=lora_dir)
+    plain = np.asarray(host.txt2img("a photo of obama", steps=3, size=(64, 64), seed=3), dtype=float)
+    styled = np.asarray(host.txt2img("a photo of obama", steps=3, size=(64, 64), seed=3,
+                                     lora=[("obama", 1.0)]), dtype=float)
+    assert np.abs(plain - styled).mean() > 0.5
+    assert runner.wait(second.id, timeout=300).state == DONE
+
+
+def test_cancel_keeps_the_previous_lora_and_leaves_no_temp_files(prepared_obama, runner, lora_dir, tiny_sd15):
+    lora_dir.mkdir(parents=True)
+    previous = lora_dir / "obama.safetensors"
+    previous.write_bytes(b"the LoRA from last week")
+    job = start_training(runner, _params(base_model=str(tiny_sd15), max_train_steps=2000, validate_every=3),
+                         root=prepared_obama)
+    _wait_for(lambda: any(r.get("phase") == "checkpoint" for r in _safe_progress(runner, job.id)))
+    started = time.monotonic()
+    runner.cancel(job.id)
+    job = runner.wait(job.id, timeout=60)
+    assert job.state == CANCELLED
+    assert time.monotonic() - started < 15, "cancel took too long"
+    assert previous.read_bytes() == b"the LoRA from last week"
+    output = Path(job.output_dir)
+    assert list(output.glob("checkpoint-*.safetensors")), "the last good checkpoint was not kept"
+    leftovers = [p.name for folder in (output, lora_dir) for p in folder.iterdir() if ".tmp" in p.name]
+    assert leftovers == []
+
+
+def _safe_progress(runner, job_id):
+    job = runner.get(job_id)
+    path = Path(job.output_dir) / "progress.jsonl"
+    return _progress(job) if path.is_file() else []
+
+
+def test_trainer_crash_reports_the_trainers_own_message(prepared_obama, tmp_path, runner, lora_dir, tiny_sd15):
+    root = tmp_path / "broken-root"
+    shutil.copytree(prepared_obama, root)
+    (root / "obama" / "dataset" / "images" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    job = runner.wait(start_training(runner, _params(base_model=str(tiny_sd15)), root=root).id, timeout=300)
+    assert job.state == FAILED
+    assert "0001.png" in job.error and "failed to obtain" not in job.error.lower()
+
+
+def test_killed_trainer_resumes_from_its_checkpoint(prepared_obama, runner, lora_dir, tiny_sd15):
+    job = start_training(runner, _params(base_model=str(tiny_sd15), max_train_steps=30, validate_every=10),
+                         root=prepared_obama)
+    checkpoint = lambda: list(Path(runner.get(job.id).output_dir).glob("checkpoint-10.safetensors"))  # noqa: E731
+    _wait_for(checkpoint)
+    os.killpg(runner._process.pid, signal.SIGKILL)  # a crash: no chance to clean up
+    assert runner.wait(job.id, timeout=60).state == FAILED
+    runner.retry(job.id)
+    job = runner.wait(job.id, timeout=300)
+    assert job.state == DONE, job.error
+    records = _progress(job)
+    restart = max(i for i, record in enumerate(records) if record["phase"] == "loading")
+    first_step_after = next(r["step"] for r in records[restart:] if r["phase"] == "training")
+    assert first_step_after == 11
+
+
+def test_jobs_survive_a_restart_of_the_runner(tmp_path, prepared_obama, lora_dir, tiny_sd15):
+    first_runner = JobRunner(tmp_path / "jobs")
+    job = start_training(first_runner, _params(base_model=str(tiny_sd15), max_train_steps=12, validate_every=6),
+                         root=prepared_obama)
+    _wait_for(lambda: list(Path(first_runner.get(job.id).output_dir).glob("checkpoint-6.safetensors")))
+    first_runner.close()  # the app shuts down mid-training
+    second_runner = JobRunner(tmp_path / "jobs")
+    try:
+        assert second_runner.wait(job.id, timeout=300).state == DONE
+    finally:
+        second_runner.close()
