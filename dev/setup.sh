@@ -3,6 +3,7 @@
 # Idempotent: a second run only checks that everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 PINS=constraints/host-pins-a1111-1.10.1.txt
@@ -28,6 +29,10 @@ fi
 echo "[setup] installing requirements under the host pins"
 "${PIP[@]}" -c "$PINS" -c "$DEV" -r requirements.txt -r requirements-dev.txt
 "${PIP[@]}" -c "$PINS" -c "$DEV" --no-deps -r requirements-nodeps.txt
+# The package itself, editable and without dependencies, so `python -m portrait_core` works from any folder.
+if ! (cd / && "$OLDPWD/.venv/bin/python" -c "import portrait_core" 2>/dev/null); then
+  "${PIP[@]}" --no-deps --no-build-isolation -e .
+fi
 # pip check must be clean except for the conflicts the README names and justifies.
 KNOWN='^(open-clip-torch [0-9.]+ requires (sentencepiece|timm|torchvision)|insightface [0-9.]+ requires opencv-python|onnx [0-9.]+ has requirement protobuf>=3\.20\.2)'
 unexpected=$(.venv/bin/python -m pip check | grep -vE "$KNOWN" | grep -v "No broken requirements" || true)

@@ -14,7 +14,6 @@ log = get_logger("cli")
 
 # Subcommands that a later issue builds; running one says so instead of pretending to work.
 NOT_BUILT_YET = {
-    "generate": "issue #5 (portrait generation)",
     "workflow": "issue #7 (pose and image-prompt workflows)",
     "serve": "issue #6 (HTTP API and UI)",
 }
@@ -28,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(sub)
     _add_preprocess_parser(sub)
     _add_train_parser(sub)
+    _add_generate_parser(sub)
     for name, issue in NOT_BUILT_YET.items():
         sub.add_parser(name, help=f"not built yet: arrives with {issue}")
     return parser
@@ -38,8 +38,8 @@ def _add_demo_parser(sub) -> None:
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the results")
     demo.add_argument("--base-model", type=Path, default=None,
                       help="a diffusers folder or .safetensors checkpoint; default: the tiny local model")
-    demo.add_argument("--size", type=int, default=256, help="output size in pixels (multiple of 8)")
-    demo.add_argument("--steps", type=int, default=10)
+    demo.add_argument("--size", type=int, default=256, help="work size in pixels (multiple of 8)")
+    demo.add_argument("--steps", type=int, default=30, help="training steps")
     demo.add_argument("--seed", type=int, default=1)
 
 
@@ -62,6 +62,21 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--rank", type=int, default=None)
     train.add_argument("--alpha", type=float, default=None)
     train.add_argument("--sdxl", action="store_true", help="SDXL base (the tiny SDXL model when none is given)")
+
+
+def _add_generate_parser(sub) -> None:
+    gen = sub.add_parser("generate", help="render trained identities into template photos")
+    gen.add_argument("--id", required=True, dest="identities",
+                     help="identity, or several separated by commas (one per template face, left to right)")
+    gen.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+    gen.add_argument("--template", type=Path, action="append", required=True, help="template photo (repeatable)")
+    gen.add_argument("--out", type=Path, default=Path("portraits"), help="output folder")
+    gen.add_argument("--seed", type=int, default=-1)
+    gen.add_argument("--batch", type=int, default=1, help="seeds per template, ranked by identity score")
+    gen.add_argument("--base-model", type=Path, default=None, help="checkpoint; default: the tiny local model")
+    gen.add_argument("--prompt", default="", help="extra prompt words")
+    gen.add_argument("--steps", type=int, default=None, help="first-pass steps (default 50)")
+    gen.add_argument("--crop-size", type=int, default=None, help="short side of the work crop (default 512)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +103,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "preprocess":
         from portrait_core.preprocess import run_from_cli
         return run_from_cli(photos_dir=args.photos_dir, identity=args.identity, root=args.root)
+    if args.command == "generate":
+        from portrait_core.generate.cli import run_generate_command
+        return run_generate_command(args)
     if args.command == "train":
         from portrait_core.training.cli import run_train_command
         return run_train_command(args)

@@ -436,8 +436,8 @@ def make_training_crop(pixels: np.ndarray, face: Face, other_faces: Sequence[Fac
         crop.pixels = on_white_background(crop.pixels, subject_mask(crop.pixels, crop.face, others, analyzer,
                                                                     options.keep_box_scale))
     if options.retouch:
-        crop.pixels = smooth_skin(crop.pixels, analyzer.face_mask(crop.pixels, crop.face, eyes=False,
-                                                                  brows=False, lips=False))
+        skin = analyzer.face_mask(crop.pixels, crop.face, eyes=False, brows=False, lips=False)
+        crop.pixels = smooth_skin_array(crop.pixels, skin)
     return crop
 
 
@@ -490,13 +490,13 @@ def on_white_background(image: np.ndarray, mask: np.ndarray, feather: float = 2.
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def smooth_skin(image: np.ndarray, skin_mask: np.ndarray, strength: float = 0.6) -> np.ndarray:
-    """Edge-preserving smoothing (bilateral filter) blended in over the skin mask only."""
-    diameter = max(5, round(min(image.shape[:2]) / 64) | 1)
-    smoothed = cv2.bilateralFilter(image, diameter, 30, diameter)
-    alpha = cv2.GaussianBlur(skin_mask.astype(np.float32) / 255.0, (0, 0), 3.0)[:, :, None] * strength
-    blended = image.astype(np.float32) * (1.0 - alpha) + smoothed.astype(np.float32) * alpha
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+def smooth_skin_array(image: np.ndarray, skin_mask: np.ndarray, strength: float = 0.6) -> np.ndarray:
+    """face_imaging.smooth_skin on arrays (the dataset is built from arrays)."""
+    from portrait_core.face_imaging import smooth_skin
+
+    if not skin_mask.any():  # no skin found: nothing to smooth
+        return image
+    return np.asarray(smooth_skin(image, skin_mask, strength))
 
 
 def _enhanced(crop: _Crop, enhance: Enhancer) -> _Crop:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -27,26 +28,29 @@ def test_help_lists_every_subcommand(tmp_path):
 
 
 def test_unbuilt_commands_say_which_issue_brings_them(tmp_path):
-    for command, issue in (("generate", "#5"), ("workflow", "#7"), ("serve", "#6")):
+    for command, issue in (("workflow", "#7"), ("serve", "#6")):
         result = _run([command], tmp_path)
         assert result.returncode == 2
         assert "not built yet" in result.stderr and issue in result.stderr
 
 
-def test_demo_writes_an_inpainted_portrait(tmp_path, tiny_sd15):
+def test_demo_prepares_trains_and_renders(tmp_path, tiny_sd15):
     out = tmp_path / "out"
     result = _run(["demo", "--out", str(out), "--size", "128", "--steps", "4", "--base-model", str(tiny_sd15)],
                   tmp_path)
     assert result.returncode == 0, result.stderr
-    image = Image.open(out / "demo_inpaint.png")
-    assert image.size == (128, 128)
-    assert str(out / "demo_inpaint.png") in result.stdout
-    sheet = Image.open(out / "demo_contact_sheet.png")
-    assert sheet.size == (128 * 5, 128)
-    corner = np.asarray(image)[:10, :10].astype(int)
-    source = np.asarray(sheet)[:10, :10].astype(int)
-    assert np.array_equal(corner, source), "the demo changed pixels outside the face mask"
-    assert json.loads((out / "demo.json").read_text())["steps"] == 4
+    assert str(out / "index.html") in result.stdout
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["kept"] == summary["of"] == 6
+    assert Path(summary["lora"]).is_file() and Path(summary["lora"]).suffix == ".safetensors"
+    records = json.loads((out / "portraits" / "results.json").read_text())
+    portrait = Image.open(records[0]["output"])
+    template = Image.open(out / "portraits" / "template.png")
+    assert portrait.size == template.size
+    corner = (slice(0, 40), slice(0, 40))  # far from the face: untouched
+    assert np.array_equal(np.asarray(portrait)[corner], np.asarray(template)[corner])
+    assert "Portraits" in (out / "index.html").read_text()
+    assert Image.open(out / "contact_sheet.png").height > 0
 
 
 def test_demo_with_a_missing_checkpoint_fails_cleanly(tmp_path):

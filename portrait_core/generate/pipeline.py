@@ -1,0 +1,234 @@
+"""The two-pass template pipeline: render trained identities into the faces of a template photo.
+
+For each assigned face, on a crop around it (so big templates stay fast and the background is never
+regenerated): face fusion before -> the reference face pasted by a five-point similarity transform
+(source of the openpose control) -> pass 1 inpaints the face with canny + openpose + color controls
+and the LoRA -> color transfer -> face fusion after -> pass 2 inpaints the ring around the face with
+canny + tile -> color transfer -> optional skin retouch -> face restoration. The crop is then pasted
+back, and the new face is scored against the user's photos.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from portrait_core import face_imaging
+from portrait_core.errors import InputImageError, ModelUnavailableError, PortraitError
+from portrait_core.faces.base import Face, FaceAnalyzer, similarity
+from portrait_core.generate.identity import IdentityAssets, IdentityNotReadyError
+from portrait_core.generate.pose import face_pose_map
+from portrait_core.hosts.base import Control, Host
+from portrait_core.log import get_logger
+from portrait_core.params import GenerateParams
+
+log = get_logger("generate")
+
+IP_ADAPTER_BESIDE_LORA, IP_ADAPTER_ALONE = 0.0, 0.6
+
+
+class TemplateError(PortraitError):
+    """A template cannot be used: no face, too few faces, unreadable."""
+
+
+@dataclass
+class FaceResult:
+    identity: str
+    box: list[float]
+    identity_score: float | None
+
+
+@dataclass
+class PortraitResult:
+    image: Image.Image
+    template: str
+    seed: int
+    faces: list[FaceResult]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    diffusion_seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        """Mean identity score over the faces (a face where none was found counts as 0)."""
+        scores = [f.identity_score or 0.0 for f in self.faces]
+        return sum(scores) / len(scores) if scores else 0.0
+
+
+class _TimedHost:
+    """Adds up the time spent inside the host's diffusion calls (for the benchmark and results)."""
+
+    def __init__(self, host: Host):
+        self.host, self.seconds = host, 0.0
+
+    def inpaint(self, *args, **kwargs) -> Image.Image:
+        started = time.perf_counter()
+        try:
+            return self.host.inpaint(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+class PortraitGenerator:
+    """Renders identities into templates on a Host; keeps the host's models and the face models loaded."""
+
+    def __init__(self, host: Host, analyzer: FaceAnalyzer):
+        self.host = host
+        self.analyzer = analyzer
+
+    def generate(self, template: Image.Image, identities: list[IdentityAssets], params: GenerateParams, *,
+                 template_name: str = "template") -> list[PortraitResult]:
+        """One result per seed (`params.batch` of them), best identity score first."""
+        faces = self.assign_faces(template, identities, params, template_name)
+        first_seed = params.seed if params.seed >= 0 else random.randrange(2**31)  # noqa: S311 - a seed, not a secret
+        results = [self._render(template, faces, params, seed=first_seed + offset, template_name=template_name)
+                   for offset in range(params.batch)]
+        return sorted(results, key=lambda result: -result.score)
+
+    def assign_faces(self, template: Image.Image, identities: list[IdentityAssets], params: GenerateParams,
+                     template_name: str) -> list[tuple[Face, IdentityAssets]]:
+        """Template faces (left to right) paired with the identities, or per `params.face_order`."""
+        faces = sorted(self.analyzer.detect(np.asarray(template.convert("RGB"))), key=lambda f: f.box[0])
+        if not faces:
+            raise TemplateError(f"template {template_name} has no face that can be found; choose a photo "
+                                "with a clearly visible face")
+        order = params.face_order or list(range(len(identities)))
+        if max(order) >= len(faces):
+            raise TemplateError(f"template {template_name} has {len(faces)} face(s) but face "
+                                f"{max(order)} was asked for ({len(identities)} identities)")
+        return [(faces[index], identity) for index, identity in zip(order, identities, strict=True)]
+
+    def _render(self, template: Image.Image, faces: list[tuple[Face, IdentityAssets]], params: GenerateParams, *,
+                seed: int, template_name: str) -> PortraitResult:
+        started = time.perf_counter()
+        timed = _TimedHost(self.host)
+        notes: list[str] = []
+        image = template.convert("RGB")
+        for face, identity in faces:
+            image = self._render_face(image, face, identity, params, seed=seed, host=timed, notes=notes)
+        if params.upscale > 1.0:
+            image = self.host.upscale(image, params.upscale)
+        results = [FaceResult(identity.id, face.box_list(), self.identity_score(image, face, identity, params))
+                   for face, identity in faces]
+        return PortraitResult(image, template_name, seed, results, time.perf_counter() - started,
+                              notes, timed.seconds)
+
+    def _render_face(self, image: Image.Image, face: Face, identity: IdentityAssets, params: GenerateParams, *,
+                     seed: int, host: _TimedHost, notes: list[str]) -> Image.Image:
+        crop = face_imaging.crop_around_face(image, face.box, scale=params.crop_scale, short_side=params.crop_size)
+        points = crop.to_crop(face.points)
+        work = crop.image
+        size = work.size
+        if params.face_fusion_before > 0:
+            work = face_imaging.fuse_faces(work, identity.reference_image, points, identity.reference_points,
+                                           ratio=params.face_fusion_before)
+        first = self._first_pass(work, points, identity, params, seed=seed, host=host)
+        if params.color_transfer:
+            first = _face_color_transfer(first, crop.image, points)
+        if params.face_fusion_after > 0:
+            first = face_imaging.fuse_faces(first, identity.reference_image, points, identity.reference_points,
+                                            ratio=params.face_fusion_after)
+        final = self._second_pass(first, points, identity, params, seed=seed, host=host)
+        if params.color_transfer:
+            final = _face_color_transfer(final, crop.image, points)
+        if params.skin_retouch > 0:
+            final = face_imaging.smooth_skin(final, face_imaging.face_mask(size, points=points, dilation=0.0),
+                                             params.skin_retouch)
+        final = self._restore(final, params, notes)
+        return face_imaging.paste_crop_back(image, final, crop.box)
+
+    def _first_pass(self, work: Image.Image, points: np.ndarray, identity: IdentityAssets,
+                    params: GenerateParams, *, seed: int, host: _TimedHost) -> Image.Image:
+        pasted = face_imaging.paste_aligned_face(work, identity.reference_image, identity.reference_points,
+                                                 points).image
+        pose_face = self._face_in(pasted, points)
+        controls = [Control("canny", work, params.canny_weight),
+                    Control("openpose", face_pose_map(work.size, pose_face), params.openpose_weight,
+                            preprocessed=True),
+                    Control("color", work, params.color_weight)]
+        controls += self._ip_adapter(identity, params)
+        mask = face_imaging.face_mask(work.size, points=points, dilation=0.1)
+        return host.inpaint(work, mask, self.prompt(identity, params), params.negative_prompt,
+                            controls=[c for c in controls if c.weight > 0], lora=self._lora(identity, params),
+                            steps=params.first_pass_steps, denoise=params.first_pass_denoise,
+                            cfg=params.cfg_scale, seed=seed, sampler=params.sampler, size=work.size)
+
+    def _second_pass(self, image: Image.Image, points: np.ndarray, identity: IdentityAssets,
+                     params: GenerateParams, *, seed: int, host: _TimedHost) -> Image.Image:
+        if params.second_pass_denoise <= 0 or int(params.second_pass_steps * params.second_pass_denoise) < 1:
+            return image
+        controls = [Control("canny", image, params.second_canny_weight), Control("tile", image, params.tile_weight)]
+        ring = face_imaging.face_ring_mask(image.size, points=points)
+        return host.inpaint(image, ring, self.prompt(identity, params), params.negative_prompt,
+                            controls=[c for c in controls if c.weight > 0], lora=self._lora(identity, params),
+                            steps=params.second_pass_steps, denoise=params.second_pass_denoise,
+                            cfg=params.cfg_scale, seed=seed, sampler=params.sampler, size=image.size)
+
+    def _face_in(self, image: Image.Image, points: np.ndarray) -> Face:
+        """The face found where `points` are (for its dense landmarks), else one made of the five points."""
+        found = self.analyzer.detect(np.asarray(image))
+        centre = points.mean(axis=0)
+        for face in found:
+            x0, y0, x1, y1 = face.box
+            if x0 <= centre[0] <= x1 and y0 <= centre[1] <= y1:
+                return face
+        x0, y0 = points.min(axis=0)
+        x1, y1 = points.max(axis=0)
+        return Face(box=(float(x0), float(y0), float(x1), float(y1)), confidence=0.0, points=points)
+
+    def _ip_adapter(self, identity: IdentityAssets, params: GenerateParams) -> list[Control]:
+        weight = params.ip_adapter_weight
+        if weight is None:
+            weight = IP_ADAPTER_BESIDE_LORA if identity.has_lora else IP_ADAPTER_ALONE
+        if weight <= 0:
+            return []
+        if "ip_adapter" not in self.host.controlnet_models():
+            raise IdentityNotReadyError(
+                f"identity {identity.id!r} has no LoRA yet and this host offers no image-prompt (IP-Adapter) "
+                f"control for a tuning-free portrait: train it first (python -m portrait_core train --id "
+                f"{identity.id})" if not identity.has_lora else
+                "an IP-Adapter weight was set but this host has no IP-Adapter model")
+        return [Control("ip_adapter", Image.fromarray(identity.reference_image), weight, preprocessed=True)]
+
+    def _lora(self, identity: IdentityAssets, params: GenerateParams) -> list[tuple[str, float]]:
+        """By name: every host looks it up in its own LoRA folder (the WebUI's through `<lora:...>`)."""
+        return [(identity.id, params.lora_weight)] if identity.has_lora and params.lora_weight > 0 else []
+
+    @staticmethod
+    def prompt(identity: IdentityAssets, params: GenerateParams) -> str:
+        parts = [identity.trigger, "a photo of a person", params.prompt.strip()]
+        return ", ".join(part for part in parts if part)
+
+    def _restore(self, image: Image.Image, params: GenerateParams, notes: list[str]) -> Image.Image:
+        if not params.restore_faces:
+            return image
+        try:
+            return self.host.restore_faces(image, params.codeformer_weight)
+        except ModelUnavailableError as error:
+            if str(error) not in notes:
+                notes.append(f"face restoration skipped: {error}")
+            return image
+
+    def identity_score(self, image: Image.Image, face: Face, identity: IdentityAssets,
+                       params: GenerateParams) -> float | None:
+        """Similarity of the face now at `face`'s place to the user's photos (None when none is found)."""
+        scale = params.upscale if params.upscale > 1.0 else 1.0
+        pixels = np.asarray(image.convert("RGB"))
+        centre = np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2]) * scale
+        for found in self.analyzer.detect(pixels):
+            x0, y0, x1, y1 = found.box
+            if x0 <= centre[0] <= x1 and y0 <= centre[1] <= y1:
+                return round(float(similarity(self.analyzer.embed(pixels, found), identity.centre)), 4)
+        return None
+
+
+def _face_color_transfer(image: Image.Image, reference: Image.Image, points: np.ndarray) -> Image.Image:
+    """Pull the face region's colours toward the template face's, so the new face sits in the template's light."""
+    mask = face_imaging.face_mask(image.size, points=points, dilation=0.0)
+    if not np.asarray(mask).any():
+        raise InputImageError("the face region is empty; cannot transfer colours")
+    return face_imaging.lab_color_transfer(image, reference, target_mask=mask, reference_mask=mask)
