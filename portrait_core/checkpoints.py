@@ -156,7 +156,9 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     size = _file_size(path)
     with path.open("rb") as stream:
         prefix = stream.read(8)
-        _refuse_pickle(path, prefix)
+        first = stream.read(1)
+        if first != b"{":  # a safetensors header is JSON; only then can the length bytes look like a pickle's
+            _refuse_pickle(path, prefix)
         if len(prefix) < 8:
             raise CheckpointError(f"{path} is not a safetensors file: only {size} bytes long")
         header_length = int.from_bytes(prefix, "little")
@@ -164,7 +166,7 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
             raise CheckpointError(
                 f"{path} is not a safetensors file (or is truncated): its header claims {header_length} "
                 f"bytes, the file has {size - 8} after the length field")
-        raw = stream.read(header_length)
+        raw = first + stream.read(header_length - 1)
     header = _parse_header_json(path, raw)
     metadata = _header_metadata(path, header.pop("__metadata__", {}))
     shapes, dtypes = _tensor_entries(path, header, data_size=size - 8 - header_length)

@@ -475,3 +475,20 @@ def test_full_size_sd15_single_file_loads_with_the_real_dimensions(tmp_path):
     assert loaded.unet.conv_in.weight.dtype == torch.float16
     assert not loaded.unet.conv_in.weight.any()
     assert torch.equal(loaded.text_encoder.text_model.embeddings.position_ids[0], torch.arange(77))
+
+
+def test_header_length_ending_in_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length: 0x80 is as likely as any."""
+    import torch
+    from safetensors.torch import save
+
+    from portrait_core.checkpoints import read_safetensors_header
+
+    tensors = {"lora_unet_x.lora_down.weight": torch.zeros(2, 3)}
+    for padding in range(256):
+        data = save(tensors, metadata={"pad": "x" * padding})
+        if data[0] == 0x80:
+            break
+    path = tmp_path / "lucky.safetensors"
+    path.write_bytes(data)
+    assert read_safetensors_header(path).shapes == {"lora_unet_x.lora_down.weight": (2, 3)}
