@@ -33,7 +33,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -94,6 +94,8 @@ class ApiContext:
     gpu_lock: Optional[AbstractContextManager] = None
     checkpoint_dirs: Sequence[Path] = ()
     limits: UploadLimits = field(default_factory=UploadLimits)
+    # Gives the GenerationService (host + face models, kept loaded); None: no generate routes.
+    generation: Optional[Callable[[], Any]] = None
 
 
 # -- request and response shapes -------------------------------------------------------------------------
@@ -210,7 +212,11 @@ def build_router(context: ApiContext) -> APIRouter:
     _add_train_routes(router, api)
     _add_job_routes(router, api)
     _add_identity_routes(router, api)
-    _add_info_routes(router)
+    _add_info_routes(router, generation=context.generation is not None)
+    if context.generation is not None:
+        from portrait_core.api_generate import add_generate_routes
+
+        add_generate_routes(router, api, context.generation)
     return router
 
 
@@ -230,17 +236,18 @@ def _add_identity_routes(router: APIRouter, api: _PortraitApi) -> None:
                          response_model=DeleteResponse)
 
 
-def _add_info_routes(router: APIRouter) -> None:
+def _add_info_routes(router: APIRouter, *, generation: bool) -> None:
     router.add_api_route("/schema", params_json_schema, methods=["GET"], summary="JSON schema of the parameters")
-    router.add_api_route("/version", version_info, methods=["GET"], response_model=VersionResponse)
+    router.add_api_route("/version", lambda: version_info(generation=generation), methods=["GET"],
+                         response_model=VersionResponse)
 
 
-def version_info() -> dict:
+def version_info(*, generation: bool = False) -> dict:
     schema_text = json.dumps(params_json_schema(), sort_keys=True)
     return {"name": "Portrait Studio", "version": __version__, "api_version": API_VERSION,
             # A content hash: it changes exactly when a parameter model changes, with nobody to forget a bump.
             "params_schema_version": hashlib.sha256(schema_text.encode("utf-8")).hexdigest()[:12],
-            "capabilities": list(CAPABILITIES)}
+            "capabilities": [*CAPABILITIES, "generate"] if generation else list(CAPABILITIES)}
 
 
 # -- auth ----------------------------------------------------------------------------------------------
@@ -651,7 +658,7 @@ def job_status(job: Job) -> dict:
         fraction = round(min(step / total, 1.0), 4)
     else:
         fraction = 0.0 if job.state == QUEUED else None
-    done_with_lora = job.state == DONE and job.result_path
+    done_with_lora = job.kind == "train" and job.state == DONE and job.result_path
     return {"id": job.id, "kind": job.kind, "identity": job.identity, "state": job.state, "progress": progress,
             "fraction": fraction, "eta_s": None if job.state in FINISHED_STATES else progress.get("eta_s"),
             "error": job.error, "lora": Path(job.result_path).stem if done_with_lora else None,

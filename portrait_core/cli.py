@@ -15,7 +15,6 @@ log = get_logger("cli")
 # Subcommands that a later issue builds; running one says so instead of pretending to work.
 NOT_BUILT_YET = {
     "workflow": "issue #7 (pose and image-prompt workflows)",
-    "serve": "issue #6 (HTTP API and UI)",
 }
 
 
@@ -28,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess_parser(sub)
     _add_train_parser(sub)
     _add_generate_parser(sub)
+    _add_serve_parser(sub)
     for name, issue in NOT_BUILT_YET.items():
         sub.add_parser(name, help=f"not built yet: arrives with {issue}")
     return parser
@@ -79,6 +79,14 @@ def _add_generate_parser(sub) -> None:
     gen.add_argument("--crop-size", type=int, default=None, help="short side of the work crop (default 512)")
 
 
+def _add_serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="run the standalone app: HTTP API under /sdapi/v1/portrait/ (and the UI)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=7861)
+    serve.add_argument("--base-model", type=Path, default=None, help="checkpoint; default: the tiny local model")
+    serve.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2], as the WebUI's --api-auth")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.loglevel)
@@ -106,6 +114,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         from portrait_core.generate.cli import run_generate_command
         return run_generate_command(args)
+    if args.command == "serve":
+        from portrait_core.app import serve
+        return serve(host=args.host, port=args.port, base_model=args.base_model, api_auth=args.api_auth)
     if args.command == "train":
         from portrait_core.training.cli import run_train_command
         return run_train_command(args)

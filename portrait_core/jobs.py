@@ -20,6 +20,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from portrait_core.errors import PortraitError
 from portrait_core.log import get_logger
@@ -56,6 +57,7 @@ class Job:
     returncode: int | None = None
     progress: dict = field(default_factory=dict)
     attempts: int = 0
+    in_process: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,6 +77,7 @@ class JobRunner:
         self._queue: deque[str] = deque()
         self._process: subprocess.Popen | None = None
         self._cancel_requested: set[str] = set()
+        self._tasks: dict[str, Callable] = {}
         self._closed = False
         self._recover()
         self._worker = threading.Thread(target=self._work, name="portrait-jobs", daemon=True)
@@ -91,6 +94,24 @@ class JobRunner:
             self._queue.append(job.id)
             self._wake.notify_all()
         log.info("queued %s job %s for %s", kind, job.id, identity)
+        return job
+
+    def submit_task(self, kind: str, identity: str, task: Callable[[TaskContext], str | None],
+                    output_dir: Path) -> Job:
+        """Queue in-process work (e.g. generation on the host's loaded models) behind the other jobs.
+
+        `task(context)` runs on the worker thread; it reports through `context.progress(...)`, should
+        stop when `context.cancelled()` turns true, and returns its result path (or None). A PortraitError
+        fails the job with its message. In-process jobs do not survive a restart of the app.
+        """
+        job = Job(id=uuid.uuid4().hex[:12], kind=kind, identity=identity, command=[], output_dir=str(output_dir),
+                  in_process=True)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._tasks[job.id] = task
+            self._save(job)
+            self._queue.append(job.id)
+            self._wake.notify_all()
         return job
 
     def get(self, job_id: str) -> Job:
@@ -115,6 +136,7 @@ class JobRunner:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
             if job.state == QUEUED:
                 self._queue.remove(job_id)
+                self._tasks.pop(job_id, None)
                 self._finish(job, CANCELLED, None)
             elif job.state == RUNNING:
                 self._cancel_requested.add(job_id)
@@ -167,7 +189,27 @@ class JobRunner:
                 job = self._jobs[self._queue.popleft()]
                 job.state, job.started, job.attempts = RUNNING, time.time(), job.attempts + 1
                 self._save(job)
-            self._run(job)
+            if job.in_process:
+                self._run_task(job)
+            else:
+                self._run(job)
+
+    def _run_task(self, job: Job) -> None:
+        output_dir = Path(job.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        context = TaskContext(ProgressFile(output_dir / "progress.jsonl"),
+                              lambda: job.id in self._cancel_requested or self._closed)
+        try:
+            result = self._tasks.pop(job.id)(context)
+        except PortraitError as error:
+            with self._lock:
+                job.error = str(error)
+                self._finish(job, CANCELLED if context.cancelled() else FAILED, None)
+            return
+        with self._lock:
+            job.result_path = str(result) if result else None
+            self._cancel_requested.discard(job.id)
+            self._finish(job, CANCELLED if context.cancelled() else DONE, 0)
 
     def _run(self, job: Job) -> None:
         output_dir = Path(job.output_dir)
@@ -223,10 +265,36 @@ class JobRunner:
                 log.warning("ignoring unreadable job file %s: %s", path.name, error)
         for job in sorted(saved, key=lambda j: j.created):
             self._jobs[job.id] = job
-            if job.state in (QUEUED, RUNNING):
+            if job.in_process and job.state in (QUEUED, RUNNING):
+                job.state, job.error = FAILED, "the app stopped before this job finished; submit it again"
+                self._save(job)
+            elif job.state in (QUEUED, RUNNING):
                 job.state = QUEUED
                 self._queue.append(job.id)
                 self._save(job)
+
+
+class ProgressFile:
+    """Appends progress records (JSON lines) the way the trainer does, for in-process tasks."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, phase: str, **fields) -> None:
+        record = {"phase": phase, "time": round(time.time(), 3), **fields}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class TaskContext:
+    """What an in-process task gets: a progress log and a way to learn it was cancelled."""
+
+    progress_file: ProgressFile
+    cancelled: Callable[[], bool]
+
+    def progress(self, phase: str, **fields) -> None:
+        self.progress_file.write(phase, **fields)
 
 
 def _wait_with_grace(process: subprocess.Popen, should_stop) -> int:

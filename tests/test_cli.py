@@ -28,7 +28,7 @@ def test_help_lists_every_subcommand(tmp_path):
 
 
 def test_unbuilt_commands_say_which_issue_brings_them(tmp_path):
-    for command, issue in (("workflow", "#7"), ("serve", "#6")):
+    for command, issue in (("workflow", "#7"),):
         result = _run([command], tmp_path)
         assert result.returncode == 2
         assert "not built yet" in result.stderr and issue in result.stderr
@@ -59,3 +59,34 @@ def test_demo_with_a_missing_checkpoint_fails_cleanly(tmp_path):
     assert result.returncode == 1
     assert "nope.safetensors" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_serve_answers_http_on_loopback_with_auth(tmp_path):
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {"PORTRAIT_HOME": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-m", "portrait_core", "serve", "--port", str(port),
+                               "--api-auth", "ana:secret"], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/sdapi/v1/portrait/version"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(url, auth=("ana", "secret"), timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read()
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.3)
+        assert response.status_code == 200 and "generate" in response.json()["capabilities"]
+        assert httpx.get(url, timeout=2).status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
