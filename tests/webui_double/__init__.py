@@ -20,7 +20,7 @@ REPO_ROOT = DOUBLE_ROOT.parents[1]
 EXTENSION_DIRNAME = "portrait-studio"
 # Top-level names the double provides. portrait_core is left alone: the WebUI imports it once per
 # process, and pydantic 1 refuses to define the same validators twice.
-DOUBLE_MODULES = ("modules", "launch")
+DOUBLE_MODULES = ("modules", "launch", "internal_controlnet")
 
 
 def _forget_modules(prefixes: tuple[str, ...]) -> dict[str, object]:

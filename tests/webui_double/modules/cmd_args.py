@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modules.paths_internal import data_path, normalized_filepath
+from modules.paths_internal import data_path, models_path, normalized_filepath
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--skip-install", action="store_true", help="launch.py argument: skip installation of packages")
@@ -23,3 +23,9 @@ parser.add_argument("--disable-extra-extensions", action="store_true", default=F
 # Added in the real WebUI by the built-in Lora extension's preload.py (extensions-builtin/Lora/preload.py),
 # default <models>/Lora; kept here so the double's parser knows it.
 parser.add_argument("--lora-dir", type=str, default=None, help="Path to directory with Lora networks.")
+# Folders of the built-in face restorers and upscalers (real defaults: under the models folder).
+parser.add_argument("--codeformer-models-path", type=normalized_filepath,
+                    default=str(Path(models_path) / "Codeformer"))
+parser.add_argument("--gfpgan-models-path", type=normalized_filepath, default=str(Path(models_path) / "GFPGAN"))
+parser.add_argument("--realesrgan-models-path", type=normalized_filepath,
+                    default=str(Path(models_path) / "RealESRGAN"))

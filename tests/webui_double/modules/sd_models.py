@@ -8,6 +8,7 @@ from modules import paths_internal
 
 model_path = str(Path(paths_internal.models_path, "Stable-diffusion").absolute())
 checkpoints_list = {}
+checkpoint_aliases = {}
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
 VAE_SUFFIXES = (".vae.ckpt", ".vae.safetensors")
 
@@ -21,11 +22,17 @@ class CheckpointInfo:
         inside_models = path.is_relative_to(model_path)
         self.name = path.relative_to(model_path).as_posix() if inside_models else path.name
         self.name_for_extra = path.stem
+        self.model_name = Path(self.name.replace("/", "_").replace("\\", "_")).stem
         self.title = self.name
         self.short_title = self.name_for_extra
+        self.ids = [self.model_name, self.title, self.name, self.name_for_extra]
 
     def register(self):
+        """As the real one: listed under its title, findable under every id (process_images only
+        honours a checkpoint override found in checkpoint_aliases)."""
         checkpoints_list[self.title] = self
+        for checkpoint_id in self.ids:
+            checkpoint_aliases[checkpoint_id] = self
 
 
 def checkpoint_tiles(use_short=False):
@@ -34,6 +41,7 @@ def checkpoint_tiles(use_short=False):
 
 def list_models():
     checkpoints_list.clear()
+    checkpoint_aliases.clear()
     for path in sorted(Path(model_path).rglob("*")):
         lowered = path.name.lower()
         if path.is_file() and lowered.endswith(CHECKPOINT_SUFFIXES) and not lowered.endswith(VAE_SUFFIXES):

@@ -27,3 +27,9 @@ def refresh_checkpoints():
     import modules.sd_models
 
     return modules.sd_models.list_models()
+
+# Set at start-up like the real ones: `state` by shared_init.initialize(), `face_restorers` by the
+# CodeFormer / GFPGAN setup_model() calls, `sd_upscalers` by modelloader.load_upscalers().
+state = None
+face_restorers = []
+sd_upscalers = []

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from modules import options, shared
+from modules import options, shared, shared_options, shared_state
 
 
 def initialize():
     shared.restricted_opts = set()
-    shared.opts = options.Options({}, shared.restricted_opts)
+    shared.opts = options.Options(dict(shared_options.options_templates), shared.restricted_opts)
     shared.opts.load(shared.config_filename)
+    shared.state = shared_state.State()
