@@ -69,7 +69,13 @@ class _GenerateRoutes:
                      for index, upload in enumerate(request.templates)]
         if request.background:
             return {"job_id": self._queue(request.params, templates).id, "images": []}
-        with self.api.gpu_lock:
+        from contextlib import nullcontext
+
+        from portrait_core.generate.service import manages_gpu_lock
+
+        service = self.service()
+        # A host with its own session (the WebUI's) takes the GPU lock itself, and that lock is not reentrant.
+        with nullcontext() if manages_gpu_lock(service.generator.host) else self.api.gpu_lock:
             outputs = self._run(request.params, templates)
         return {"images": [_image_record(result, text) for result, text in outputs]}
 

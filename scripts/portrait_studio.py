@@ -103,10 +103,50 @@ def on_ui_settings() -> None:
         shared.opts.add_option(key, info)
 
 
+# What the extension keeps for the life of the WebUI process: the one job runner (one training at a
+# time, shared by the tabs and the HTTP API) and the generation service on WebUIHost. Built on first use.
+_runtime: dict[str, object] = {}
+
+
+def job_runner():
+    if "runner" not in _runtime:
+        from portrait_core.jobs import JobRunner
+
+        _runtime["runner"] = JobRunner(config.settings().jobs_dir)
+    return _runtime["runner"]
+
+
+def generation_service():
+    if "generation" not in _runtime:
+        from portrait_core.generate.service import GenerationService
+        from portrait_core.hosts.webui_host import WebUIHost
+
+        _runtime["generation"] = GenerationService(WebUIHost(), base_model_name=shared.opts.data.get(
+            "sd_model_checkpoint", ""))
+    return _runtime["generation"]
+
+
+def checkpoint_folders() -> list[Path]:
+    """Where a client's `base_model` name is looked up: the WebUI's checkpoint folders."""
+    from modules import sd_models
+
+    folders = [getattr(shared.cmd_opts, "ckpt_dir", None), getattr(sd_models, "model_path", None)]
+    return [Path(folder) for folder in folders if folder]
+
+
+def on_app_started(demo, app) -> None:
+    """Mount /sdapi/v1/portrait/ on the WebUI's server (demo is None under --nowebui)."""
+    from modules import call_queue
+    from portrait_core.api import ApiContext, mount_api
+
+    mount_api(app, ApiContext(runner=job_runner(), api_auth=getattr(shared.cmd_opts, "api_auth", None),
+                              gpu_lock=call_queue.queue_lock, checkpoint_dirs=checkpoint_folders(),
+                              generation=generation_service))
+
+
 def register_callbacks() -> None:
     script_callbacks.on_ui_settings(on_ui_settings)
-    # Issue #6 registers on_ui_tabs (the Portrait Studio tab) and on_app_started (the
-    # /sdapi/v1/portrait routes) here, next to the settings.
+    script_callbacks.on_app_started(on_app_started)
 
 
 log.configure_logging(flag("portrait_loglevel", "INFO"))

@@ -83,13 +83,13 @@ def test_saved_settings_apply_at_start_and_a_flag_beats_them(tmp_path):
         assert core_settings().models_dir == tmp_path / "flag"
 
 
-def test_only_the_settings_callback_is_registered(tmp_path):
+def test_the_settings_and_app_started_callbacks_are_registered(tmp_path):
     with webui_started(tmp_path / "webui") as webui:
         callbacks = webui["script_callbacks"]
         [settings_callback] = callbacks.registered("ui_settings")
         assert settings_callback.script == str(tmp_path / "webui" / EXTENSION_DIR / "scripts" / "portrait_studio.py")
         nonempty = {category for category, registered in callbacks.callback_map.items() if registered}
-        assert nonempty == {"callbacks_ui_settings"}
+        assert {"callbacks_ui_settings", "callbacks_app_started"} <= nonempty
 
 
 def test_setting_defaults_are_the_generation_parameters_defaults():

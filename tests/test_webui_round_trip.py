@@ -1,0 +1,98 @@
+"""Inside the (double of the) WebUI: train over /sdapi/v1/portrait, then generate through WebUIHost.
+
+The WebUI double's process_images really generates (DiffusersHost on the tiny model), so this is the
+whole extension as the WebUI runs it: the script's on_app_started mounts the routes with the WebUI's
+queue lock and --api-auth, training writes the LoRA into --lora-dir, and generation goes through the
+WebUI's img2img with ControlNet units and the LoRA in the prompt.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+from webui_double import generation, webui_started
+
+PREFIX = "/sdapi/v1/portrait"
+
+
+@pytest.fixture
+def webui_app(tmp_path, tiny_sd15):
+    from portrait_core import config
+
+    saved = config.settings()
+    data = tmp_path / "webui"
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    (data / "models" / "Stable-diffusion" / "tiny-sd15").symlink_to(tiny_sd15, target_is_directory=True)
+    argv = ["--lora-dir", str(tmp_path / "loras"), "--api-auth", "ana:secret"]
+    with webui_started(data, argv, environ={"PORTRAIT_HOME": str(tmp_path / "home")}) as webui:
+        generation.start(generation.DiffusersBackend(tiny_sd15))
+        app = FastAPI()
+        webui["script_callbacks"].app_started_callback(None, app)
+        with TestClient(app) as client:
+            client.auth = ("ana", "secret")
+            yield client, tmp_path / "loras", processing_backend()
+        runner = _script_runner()
+        if runner is not None:
+            runner.close()
+    config.configure(**{k: getattr(saved, k) for k in ("home", "models_dir", "identities_dir", "cache_dir",
+                                                        "offline", "lora_dir")})
+
+
+def processing_backend():
+    from modules import processing
+
+    return processing.backend
+
+
+def _script_runner():
+    import sys
+
+    for name, module in sys.modules.items():
+        if name.endswith("portrait_studio.py") and hasattr(module, "_runtime"):
+            return module._runtime.get("runner")
+    return None
+
+
+def _jpeg_b64(path, scale=1) -> str:
+    image = Image.open(path).convert("RGB")
+    image = image.resize((image.width // scale, image.height // scale))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_train_then_generate_inside_the_webui(webui_app, shared_faces_dir):
+    client, lora_dir, backend = webui_app
+    assert client.get(f"{PREFIX}/version", auth=None).status_code == 401
+    photos = [{"name": p.name, "data": _jpeg_b64(p)} for p in sorted(shared_faces_dir.glob("obama*.jpg"))]
+    params = {"identity": "obama", "base_model": "tiny-sd15", "max_train_steps": 4, "resolution": 64,
+              "validate_every": 2, "rank": 4, "gradient_accumulation": 1}
+    response = client.post(f"{PREFIX}/train", json={"params": params, "photos": photos})
+    assert response.status_code == 200, response.text
+    job_id = response.json()["job_id"]
+    deadline = time.monotonic() + 240
+    while client.get(f"{PREFIX}/jobs/{job_id}").json()["state"] not in ("done", "failed", "cancelled"):
+        assert time.monotonic() < deadline, "training did not finish"
+        time.sleep(0.5)
+    job = client.get(f"{PREFIX}/jobs/{job_id}").json()
+    assert job["state"] == "done", job
+    assert (lora_dir / "obama.safetensors").is_file(), "the LoRA must land in the WebUI's --lora-dir"
+
+    generate = {"identities": ["obama"], "first_pass_steps": 3, "second_pass_steps": 4,
+                "crop_size": 64, "seed": 2}
+    response = client.post(f"{PREFIX}/generate", json={
+        "params": generate, "templates": [{"name": "biden.jpg", "data": _jpeg_b64(shared_faces_dir / "biden.jpg", 3)}]})
+    assert response.status_code == 200, response.text
+    image = response.json()["images"][0]
+    assert image["faces"][0]["id"] == "obama"
+    assert len(backend.runs) == 2, "pass 1 and pass 2 each run through the WebUI's img2img"
+    first_pass, second_pass = backend.runs
+    assert "<lora:obama:0.9>" in first_pass.p.prompt
+    assert sorted(c.kind for c in first_pass.controls) == ["canny", "color", "openpose"]
+    assert sorted(c.kind for c in second_pass.controls) == ["canny", "tile"]
