@@ -53,3 +53,19 @@ def load_identity(identity: str, *, root: Path | None = None, lora_dir: Path) ->
         reference_points=np.asarray(reference["image_points"], dtype=np.float32),
         centre=np.asarray(embeddings["centre"], dtype=np.float32), embedding_model=embeddings.get("model", ""),
         lora_path=lora if lora.is_file() else None)
+
+
+def prefer_trained_face(assets: IdentityAssets, identity_folder: Path, analyzer) -> IdentityAssets:
+    """Use the training's best validation render (`face_reference.png`) as the reference face when a face
+    can be found in it: it shows the person as the LoRA draws them. Otherwise keep the best photo."""
+    from dataclasses import replace
+
+    render = Path(identity_folder) / "face_reference.png"
+    if not render.is_file():
+        return assets
+    with Image.open(render) as opened:
+        pixels = np.asarray(opened.convert("RGB"))
+    faces = analyzer.detect(pixels)
+    if not faces:
+        return assets
+    return replace(assets, reference_image=pixels, reference_points=np.asarray(faces[0].points, dtype=np.float32))

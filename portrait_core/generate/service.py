@@ -7,11 +7,12 @@ from pathlib import Path
 from PIL import Image
 
 from portrait_core.config import settings
-from portrait_core.generate.identity import IdentityAssets, load_identity
+from portrait_core.generate.identity import IdentityAssets, load_identity, prefer_trained_face
 from portrait_core.generate.pipeline import PortraitGenerator, PortraitResult
 from portrait_core.generate.results import infotext
 from portrait_core.hosts.base import Host
 from portrait_core.params import GenerateParams
+from portrait_core.store import identity_paths
 
 
 class GenerationService:
@@ -32,7 +33,9 @@ class GenerationService:
         lora = lora_dir / f"{identity}.safetensors"
         key = (identity, lora.stat().st_mtime_ns if lora.is_file() else None)
         if key not in self._identities:
-            self._identities[key] = load_identity(identity, root=self.root, lora_dir=lora_dir)
+            assets = load_identity(identity, root=self.root, lora_dir=lora_dir)
+            folder = identity_paths(identity, self.root).folder
+            self._identities[key] = prefer_trained_face(assets, folder, self.generator.analyzer)
         return self._identities[key]
 
     def generate(self, params: GenerateParams, templates: list[tuple[str, Image.Image]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,13 +231,10 @@ def lora_metadata(args: argparse.Namespace, setup: TrainingSetup, steps: int) ->
 
 
 def _model_hash(path: Path) -> str:
-    """sha256 of a single-file checkpoint (first 10 hex, as the WebUI shows); of model_index.json for folders."""
-    target = path / "model_index.json" if path.is_dir() else path
-    digest = hashlib.sha256()
-    with target.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
+    """The WebUI's model hash of a single-file checkpoint; for a diffusers folder, that of its model_index.json."""
+    from portrait_core.checkpoints import short_hash
+
+    return short_hash(path / "model_index.json" if path.is_dir() else path)
 
 
 def checkpoint_and_validate(args, setup: TrainingSetup, state, validator, progress: ProgressLog) -> list:

@@ -179,3 +179,22 @@ def test_generate_command_writes_images_and_results(prepared_obama, lora_dir, ti
     assert records[0]["template"] == "biden.jpg" and records[0]["seed"] == 3
     assert records[0]["faces"][0]["id"] == "obama" and len(records[0]["faces"][0]["box"]) == 4
     assert Image.open(records[0]["output"]).size == Image.open(shared_faces_dir / "biden.jpg").size
+
+
+def test_trained_face_reference_is_preferred_when_it_shows_a_face(prepared_obama, lora_dir, analyzer, tmp_path,
+                                                                    shared_faces_dir):
+    import shutil
+
+    from portrait_core.generate.identity import load_identity, prefer_trained_face
+
+    root = tmp_path / "ids"
+    shutil.copytree(prepared_obama, root)
+    assets = load_identity("obama", root=root, lora_dir=lora_dir)
+    assert prefer_trained_face(assets, root / "obama", analyzer) is assets  # no render yet
+    Image.new("RGB", (128, 128), "gray").save(root / "obama" / "face_reference.png")
+    assert prefer_trained_face(assets, root / "obama", analyzer) is assets  # a render without a face
+    shutil.copy(shared_faces_dir / "obama2.jpg", root / "obama" / "face_reference.png")
+    preferred = prefer_trained_face(assets, root / "obama", analyzer)
+    assert preferred.reference_image.shape != assets.reference_image.shape
+    x0, y0, x1, y1 = analyzer.detect(preferred.reference_image)[0].box
+    assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in preferred.reference_points)
