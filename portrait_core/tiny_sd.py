@@ -2,9 +2,10 @@
 
 They have the real shapes' *structure* (SD1.5: a UNet with cross-attention, an 8x-downscaling
 four-block VAE, a CLIP text encoder with the real tokenizer; SDXL: two text encoders and the
-text-time conditioning; ControlNets for canny, openpose, tile and color) at a tiny width, with
-random weights drawn from a fixed seed. They draw noise-like pictures: they exercise every code
-path of the pipeline at CPU speed, not the look of a real model.
+text-time conditioning; ControlNets for canny, openpose, tile and color; IP-Adapters with a CLIP
+vision encoder, in folders of their own) at a tiny width, with random weights drawn from a fixed seed.
+They draw noise-like pictures: they exercise every code path of the pipeline at CPU speed, not the
+look of a real model.
 
 Built once into the cache folder, keyed by `TINY_MODEL_VERSION`; an existing build is reused.
 """
@@ -24,6 +25,10 @@ log = get_logger("tiny_sd")
 
 # Bump when anything below changes the weights or layout: old caches are then ignored.
 TINY_MODEL_VERSION = 1
+TINY_IP_ADAPTER_VERSION = 1  # the IP-Adapter folders' own; they also depend on TINY_MODEL_VERSION's UNets
+IP_ADAPTER_FAMILIES = ("sd15", "sdxl")
+IMAGE_EMBED_DIM = 32  # the tiny CLIP vision encoder's projected image embedding
+IP_ADAPTER_TOKENS = 4  # a plain IP-Adapter turns the image embedding into 4 extra context tokens
 CONTROL_KINDS = ("canny", "openpose", "tile", "color")
 SDXL_CONTROL_KINDS = ("canny", "openpose")
 MARKER_FILE = "portrait_tiny_model.json"
@@ -51,7 +56,29 @@ def ensure_tiny_sdxl(seed: int = 0, cache_dir: Path | None = None) -> Path:
     return _ensure(tiny_model_dir("sdxl", seed, cache_dir), seed, _write_sdxl)
 
 
-def _ensure(target: Path, seed: int, writer) -> Path:
+def tiny_ip_adapter_dir(family: str = "sd15", seed: int = 0, cache_dir: Path | None = None) -> Path:
+    root = cache_dir or settings().cache_dir
+    name = f"ip-adapter-{family}-v{TINY_IP_ADAPTER_VERSION}-m{TINY_MODEL_VERSION}-seed{seed}"
+    return root / "tiny-models" / name
+
+
+def ensure_tiny_ip_adapter(family: str = "sd15", seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """Path of a tiny IP-Adapter folder for the tiny `family` ("sd15"/"sdxl") model, built if missing.
+
+    It holds `ip-adapter_<family>.safetensors` (`image_proj.*` and `ip_adapter.<n>.to_k_ip/to_v_ip.*`,
+    the layout of h94's files that diffusers' `load_ip_adapter` reads) and `image_encoder/` (a tiny
+    `CLIPVisionModelWithProjection` with its `CLIPImageProcessor` config).
+    """
+    if family not in IP_ADAPTER_FAMILIES:
+        raise ValueError(f"tiny IP-Adapters exist for {', '.join(IP_ADAPTER_FAMILIES)}, not {family!r}")
+
+    def write(folder: Path, seed: int) -> None:
+        _write_ip_adapter(folder, seed, family)
+
+    return _ensure(tiny_ip_adapter_dir(family, seed, cache_dir), seed, write, kind=f"ip-adapter-{family}")
+
+
+def _ensure(target: Path, seed: int, writer, kind: str | None = None) -> Path:
     if (target / MARKER_FILE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +86,7 @@ def _ensure(target: Path, seed: int, writer) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         writer(staging, seed)
-        marker = {"version": TINY_MODEL_VERSION, "seed": seed, "kind": target.name.split("-")[0]}
+        marker = {"version": TINY_MODEL_VERSION, "seed": seed, "kind": kind or target.name.split("-")[0]}
         (staging / MARKER_FILE).write_text(json.dumps(marker), encoding="utf-8")
         if target.exists():  # a build without a marker is an interrupted one
             shutil.rmtree(target)
@@ -180,6 +207,48 @@ def _write_sdxl(folder: Path, seed: int) -> None:
     for offset, kind in enumerate(SDXL_CONTROL_KINDS, start=30):
         _controlnet(unet, seed, offset).save_pretrained(folder / f"controlnet-{kind}", safe_serialization=True)
     _write_model_index(folder, "StableDiffusionXLPipeline", text_encoders=2)
+
+
+def _image_encoder(seed: int):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    _seeded(seed, 40)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, projection_dim=IMAGE_EMBED_DIM,
+                              num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    return CLIPVisionModelWithProjection(config)
+
+
+def _ip_adapter_tensors(unet, seed: int) -> dict:
+    """A plain IP-Adapter's tensors for `unet`: the image projection to IP_ADAPTER_TOKENS tokens of the
+    UNet's text width, and a key and a value projection per cross-attention layer. The layers are
+    numbered 1, 3, 5, ... in the UNet's attention-processor order, as in h94's files (the original
+    numbering counted self- and cross-attention alike)."""
+    import torch
+
+    width = unet.config.cross_attention_dim
+    _seeded(seed, 41)
+    # Random but not tiny, so that the image prompt visibly steers the tiny model.
+    tensors = {"image_proj.proj.weight": torch.randn(IP_ADAPTER_TOKENS * width, IMAGE_EMBED_DIM) * 0.1,
+               "image_proj.proj.bias": torch.zeros(IP_ADAPTER_TOKENS * width),
+               "image_proj.norm.weight": torch.ones(width), "image_proj.norm.bias": torch.zeros(width)}
+    cross_attention = [name for name in unet.attn_processors if not name.endswith("attn1.processor")]
+    for position, name in enumerate(cross_attention):
+        hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+        tensors[f"ip_adapter.{2 * position + 1}.to_k_ip.weight"] = torch.randn(hidden, width) * 0.2
+        tensors[f"ip_adapter.{2 * position + 1}.to_v_ip.weight"] = torch.randn(hidden, width) * 0.2
+    return tensors
+
+
+def _write_ip_adapter(folder: Path, seed: int, family: str) -> None:
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor
+
+    unet = _sd15_unet(seed) if family == "sd15" else _sdxl_unet(seed)  # only its layout is read
+    encoder_folder = folder / "image_encoder"
+    _image_encoder(seed).save_pretrained(encoder_folder, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        encoder_folder)
+    save_file(_ip_adapter_tensors(unet, seed), str(folder / f"ip-adapter_{family}.safetensors"))
 
 
 def _scheduler_kwargs() -> dict:

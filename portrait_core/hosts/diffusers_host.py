@@ -3,10 +3,14 @@
 It loads a base model once (a diffusers folder or a single-file WebUI checkpoint), keeps it and
 every ControlNet it has loaded in memory, and builds cheap pipeline objects around those shared
 components per task. LoRAs are merged into the weights and restored exactly when the set changes.
+An IP-Adapter (image prompt) is loaded once with diffusers' loader and switched on only for calls
+that carry an `ip_adapter` control. ControlNets and IP-Adapters made for another model family
+(SD1.5 vs SDXL) are refused before they are loaded.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +19,19 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from portrait_core import imaging
-from portrait_core.errors import ControlError, GenerationInterrupted, InputImageError, LoraFileError
+from portrait_core.errors import CheckpointError, ControlError, GenerationInterrupted, InputImageError, LoraFileError
 from portrait_core.hosts.base import Control, LoraList
+from portrait_core.hosts.ip_adapter import (
+    FAMILY_LABELS,
+    IP_ADAPTER_FOLDER,
+    IP_ADAPTER_KIND,
+    LoadedIPAdapter,
+    base_cross_attention_dim,
+    check_ip_adapter_fits,
+    choose_ip_adapter,
+    image_prompt_scale,
+    ip_adapter_files,
+)
 from portrait_core.log import get_logger
 
 log = get_logger("diffusers_host")
@@ -71,17 +86,22 @@ class _Request:
 
 
 class DiffusersHost:
-    """A Host on diffusers. `base_model`: a diffusers folder or a `.safetensors` checkpoint.
+    """A Host on diffusers. `base_model`: a diffusers folder or a `.safetensors` checkpoint (SD1.5 or SDXL,
+    told apart from its header or configs).
 
     ControlNets are looked up in `controlnets` (kind -> diffusers folder), else in
     `controlnet-<kind>/` folders next to / inside the base model folder (the tiny model's layout).
+    The IP-Adapter is `ip_adapter` (a weight file, or a folder of them), else the first one for the base
+    model's family in an `ip-adapter/` folder inside / next to the base model; its CLIP image encoder
+    is the `image_encoder/` folder beside the weight file (see `hosts.ip_adapter`).
     """
 
     def __init__(self, base_model: Path, *, controlnets: dict[str, Path] | None = None,
-                 lora_dir: Path | None = None, checkpoints_dir: Path | None = None,
+                 ip_adapter: Path | None = None, lora_dir: Path | None = None, checkpoints_dir: Path | None = None,
                  progress_callback: Callable[[int, int, str], None] | None = None, device: str | None = None):
         self.base_model = Path(base_model)
         self._controlnet_paths = {k: Path(v) for k, v in (controlnets or {}).items()}
+        self._ip_adapter_path = Path(ip_adapter) if ip_adapter else None
         self._lora_dir = Path(lora_dir) if lora_dir else self.base_model.parent / "Lora"
         self._checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
         self._progress_callback = progress_callback
@@ -91,6 +111,7 @@ class DiffusersHost:
         self._controlnets: dict[str, object] = {}
         self._pipelines: dict[tuple, object] = {}
         self._lora_patcher = None
+        self._ip_adapter = None  # LoadedIPAdapter, once a call has asked for an image prompt
         self.load_count = 0  # weight loads from disk; a warm call adds none
 
     @classmethod
@@ -111,10 +132,18 @@ class DiffusersHost:
 
     @property
     def family(self) -> str:
-        return self._load_components().family
+        """"sd15" or "sdxl"; read from the checkpoint's header or configs when nothing is loaded yet."""
+        if self._components is not None:
+            return self._components.family
+        from portrait_core.checkpoints import inspect_checkpoint
+
+        return inspect_checkpoint(self.base_model).base_family
 
     def unload(self) -> None:
         """Drop every model this host holds; the next call loads again."""
+        if self._ip_adapter is not None and self._components is not None:
+            self._ip_adapter.switch_off(self._components.unet)  # components may outlive us (the trainer's)
+        self._ip_adapter = None
         self._components = None
         self._controlnets.clear()
         self._pipelines.clear()
@@ -178,7 +207,14 @@ class DiffusersHost:
         return found
 
     def controlnet_models(self) -> list[str]:
-        return [kind for kind in SUPPORTED_CONTROLS if self._controlnet_path(kind) is not None]
+        """The control kinds this host can run now: ControlNets found, and "ip_adapter" when an
+        IP-Adapter for the base model's family is present (both checked from files, nothing loaded)."""
+        kinds = [kind for kind in SUPPORTED_CONTROLS if self._controlnet_path(kind) is not None]
+        try:
+            self._ip_adapter_file()
+        except ControlError:
+            return kinds
+        return [*kinds, IP_ADAPTER_KIND]
 
     def lora_dir(self) -> Path:
         return self._lora_dir
@@ -199,9 +235,14 @@ class DiffusersHost:
         import torch
 
         self._interrupt.clear()
-        control_kwargs = self._control_kwargs(request)  # validates controls before any loading work
+        net_controls, image_prompt = _split_controls(request.controls)
+        # Validate controls, adapter and LoRA names before any loading work.
+        control_kwargs = self._control_kwargs(request.task, net_controls, request.size)
+        if image_prompt is not None:
+            self._ip_adapter_file()
         lora_files = [(self._lora_path(name), float(weight)) for name, weight in lora]
-        pipeline = self._pipeline(request.task, tuple(c.kind for c in request.controls))
+        pipeline = self._pipeline(request.task, tuple(c.kind for c in net_controls), image_prompt is not None)
+        prompt_kwargs = self._image_prompt_kwargs(pipeline, image_prompt)
         self._patcher().apply(lora_files)
         pipeline.scheduler = self._scheduler(request.sampler)
         done = [0]
@@ -211,8 +252,8 @@ class DiffusersHost:
                 num_inference_steps=request.steps, guidance_scale=request.cfg,
                 height=request.size[1], width=request.size[0],
                 generator=torch.Generator("cpu").manual_seed(request.seed),
-                callback_on_step_end=self._step_callback(request.task, done),
-                **task_kwargs, **control_kwargs)
+                callback_on_step_end=self._step_callback(request.task, done, image_prompt),
+                **task_kwargs, **control_kwargs, **prompt_kwargs)
         except _StopRequested:
             raise GenerationInterrupted(done[0], self._planned_steps(request)) from None
         return result.images[0]
@@ -220,36 +261,51 @@ class DiffusersHost:
     def _planned_steps(self, request: _Request) -> int:
         return max(1, int(request.steps * request.denoise)) if request.task == "inpaint" else request.steps
 
-    def _step_callback(self, text: str, done: list[int]):
+    def _step_callback(self, text: str, done: list[int], image_prompt: Control | None = None):
+        scheduled = image_prompt is not None and (image_prompt.start > 0.0 or image_prompt.end < 1.0)
+
         def on_step_end(pipe, step_index, timestep, callback_kwargs):
             done[0] = step_index + 1
             self.progress(done[0], pipe.num_timesteps, text)
             if self._interrupt.is_set():
                 raise _StopRequested
+            if scheduled:  # the image prompt acts only between its start and end, as a ControlNet unit does
+                pipe.set_ip_adapter_scale(image_prompt_scale(image_prompt, done[0] / pipe.num_timesteps))
             return callback_kwargs
 
         return on_step_end
 
-    def _control_kwargs(self, request: _Request) -> dict:
-        if not request.controls:
+    def _control_kwargs(self, task: str, controls: Sequence[Control], size: tuple[int, int]) -> dict:
+        if not controls:
             return {}
-        maps = [self._control_map(control, request.size) for control in request.controls]
-        modes = {control.mode for control in request.controls}
+        maps = [self._control_map(control, size) for control in controls]
+        modes = {control.mode for control in controls}
         if "prompt" in modes:
             log.warning("DiffusersHost has no 'my prompt is more important' mode; running it as balanced")
-        image_key = "control_image" if request.task == "inpaint" else "image"
+        image_key = "control_image" if task == "inpaint" else "image"
         return {
             image_key: maps,
-            "controlnet_conditioning_scale": [c.weight for c in request.controls],
-            "control_guidance_start": [c.start for c in request.controls],
-            "control_guidance_end": [c.end for c in request.controls],
+            "controlnet_conditioning_scale": [c.weight for c in controls],
+            "control_guidance_start": [c.start for c in controls],
+            "control_guidance_end": [c.end for c in controls],
             "guess_mode": "control" in modes,
         }
+
+    def _image_prompt_kwargs(self, pipeline, image_prompt: Control | None) -> dict:
+        """Switch the IP-Adapter on (at the control's starting scale) for an image prompt, off otherwise."""
+        unet = self._load_components().unet
+        if image_prompt is None:
+            if self._ip_adapter is not None:
+                self._ip_adapter.switch_off(unet)
+            return {}
+        self._ip_adapter.switch_on(unet)
+        pipeline.set_ip_adapter_scale(image_prompt_scale(image_prompt, 0.0))
+        return {"ip_adapter_image": image_prompt.image.convert("RGB")}
 
     def _control_map(self, control: Control, size: tuple[int, int]) -> Image.Image:
         if control.kind not in SUPPORTED_CONTROLS:
             raise ControlError(f"DiffusersHost cannot run a {control.kind!r} control; it runs "
-                               f"{', '.join(SUPPORTED_CONTROLS)}")
+                               f"{', '.join((*SUPPORTED_CONTROLS, IP_ADAPTER_KIND))}")
         if control.preprocessed:
             control_map = control.image.convert("RGB")
         elif control.kind == "canny":
@@ -280,15 +336,16 @@ class DiffusersHost:
                 raise ControlError(f"no ControlNet model for {kind!r}: put a diffusers ControlNet folder at "
                                    f"{self.base_model.parent / f'controlnet-{kind}'} or pass controlnets=")
             components = self._load_components()
+            _check_controlnet_family(kind, path, components, self.base_model.name)
             model = ControlNetModel.from_pretrained(str(path), local_files_only=True,
                                                     torch_dtype=components.unet.dtype)
             self._controlnets[kind] = model.to(self.device).requires_grad_(False).eval()
             self.load_count += 1
         return self._controlnets[kind]
 
-    def _pipeline(self, task: str, control_kinds: tuple[str, ...]):
+    def _pipeline(self, task: str, control_kinds: tuple[str, ...], image_prompt: bool = False):
         components = self._load_components()
-        key = (task, control_kinds)
+        key = (task, control_kinds, image_prompt)
         if key not in self._pipelines:
             import diffusers
 
@@ -298,10 +355,43 @@ class DiffusersHost:
                 from diffusers.pipelines.controlnet import MultiControlNetModel
 
                 kwargs["controlnet"] = MultiControlNetModel([self._controlnet(k) for k in control_kinds])
+            if image_prompt and self._ip_adapter is not None:
+                kwargs.update(self._ip_adapter.pipeline_modules())
             pipeline = getattr(diffusers, class_name)(**kwargs)
             pipeline.set_progress_bar_config(disable=True)
+            if image_prompt and self._ip_adapter is None:
+                self._ip_adapter = self._load_ip_adapter(pipeline)
             self._pipelines[key] = pipeline
         return self._pipelines[key]
+
+    # ---- IP-Adapter ----------------------------------------------------------------------------
+    def _ip_adapter_folders(self) -> list[Path]:
+        inside = [self.base_model / IP_ADAPTER_FOLDER] if self.base_model.is_dir() else []
+        return [*inside, self.base_model.parent / IP_ADAPTER_FOLDER]
+
+    def _ip_adapter_file(self):
+        """The IP-Adapter to use, chosen and checked from file headers only; ControlError naming what to
+        put where when there is none for this base model's family."""
+        if self._ip_adapter is not None:
+            return self._ip_adapter.adapter
+        if self._ip_adapter_path is not None and not self._ip_adapter_path.exists():
+            raise ControlError(f"IP-Adapter not found: {self._ip_adapter_path} (given as ip_adapter=)")
+        places = [self._ip_adapter_path] if self._ip_adapter_path else self._ip_adapter_folders()
+        candidates = [path for place in places for path in ([place] if place.is_file() else ip_adapter_files(place))]
+        where = " or ".join(str(place) for place in places)
+        return choose_ip_adapter(candidates, self._cross_attention_dim(), self.family, where)
+
+    def _cross_attention_dim(self) -> int:
+        width = None if self._components is not None else base_cross_attention_dim(self.base_model)
+        return width or self._load_components().unet.config.cross_attention_dim
+
+    def _load_ip_adapter(self, pipeline):
+        components = self._load_components()
+        adapter = self._ip_adapter_file()
+        check_ip_adapter_fits(adapter, components.unet, components.family, self.base_model.name)
+        loaded = LoadedIPAdapter.load(pipeline, adapter)
+        self.load_count += 2  # the adapter's weights and its image encoder
+        return loaded
 
     def _scheduler(self, sampler: str):
         import diffusers
@@ -332,6 +422,33 @@ class DiffusersHost:
         if not path.is_file():
             raise LoraFileError(f"LoRA {name!r} not found: expected {path}")
         return path
+
+
+def _split_controls(controls: Sequence[Control]) -> tuple[list[Control], Control | None]:
+    """ControlNet units apart from the image prompt (at most one: one reference image per call)."""
+    image_prompts = [control for control in controls if control.kind == IP_ADAPTER_KIND]
+    if len(image_prompts) > 1:
+        raise ControlError(f"one {IP_ADAPTER_KIND} control per call, got {len(image_prompts)}; "
+                           "combine the reference images into one")
+    return [control for control in controls if control.kind != IP_ADAPTER_KIND], next(iter(image_prompts), None)
+
+
+def _check_controlnet_family(kind: str, path: Path, components, base_name: str) -> None:
+    """Refuse a ControlNet made for another model family before loading it (its configs tell)."""
+    from portrait_core.checkpoints import inspect_checkpoint
+
+    try:
+        info = inspect_checkpoint(path)
+    except CheckpointError as error:
+        raise ControlError(f"ControlNet {kind!r} at {path} is unusable: {error}") from error
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    width, base_width = config.get("cross_attention_dim"), components.unet.config.cross_attention_dim
+    if info.base_family != components.family or width != base_width:
+        label = FAMILY_LABELS.get(components.family, components.family)
+        raise ControlError(
+            f"ControlNet {kind!r} at {path} was made for {FAMILY_LABELS.get(info.base_family, info.base_family)} "
+            f"(cross-attention width {width}), but the base model {base_name} is {label} (width {base_width}); "
+            f"use an {label} {kind} ControlNet")
 
 
 def _pipeline_components(components) -> dict:
