@@ -12,10 +12,6 @@ from portrait_core.log import configure_logging, get_logger
 
 log = get_logger("cli")
 
-# Subcommands that a later issue builds; running one says so instead of pretending to work.
-NOT_BUILT_YET = {
-    "workflow": "issue #7 (pose and image-prompt workflows)",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_generate_parser(sub)
     _add_serve_parser(sub)
-    for name, issue in NOT_BUILT_YET.items():
-        sub.add_parser(name, help=f"not built yet: arrives with {issue}")
+    _add_workflow_parser(sub)
     return parser
 
 
@@ -87,13 +82,17 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2], as the WebUI's --api-auth")
 
 
+def _add_workflow_parser(sub) -> None:
+    flow = sub.add_parser("workflow", help="run a workflow file (txt2img, pose transfer, image prompt, restore ...)")
+    flow.add_argument("file", type=Path, metavar="FILE.json")
+    flow.add_argument("--out", type=Path, default=Path("workflow-output"), help="folder for every step's images")
+    flow.add_argument("--base-model", type=Path, default=None, help="checkpoint; default: the tiny local model")
+    flow.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.loglevel)
-    if args.command in NOT_BUILT_YET:
-        print(f"'{args.command}' is not built yet: it arrives with {NOT_BUILT_YET[args.command]}.",
-              file=sys.stderr)
-        return 2
     from pydantic import ValidationError
 
     try:
@@ -114,6 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         from portrait_core.generate.cli import run_generate_command
         return run_generate_command(args)
+    if args.command == "workflow":
+        from portrait_core.generate.workflow_cli import run_workflow_command
+        return run_workflow_command(args)
     if args.command == "serve":
         from portrait_core.app import serve
         return serve(host=args.host, port=args.port, base_model=args.base_model, api_auth=args.api_auth)

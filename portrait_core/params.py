@@ -6,9 +6,9 @@ it instead of being silently ignored. Later issues extend TrainParams and Genera
 
 from __future__ import annotations
 
-from typing import List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
-from pydantic import BaseModel, Extra, Field, root_validator, validator
+from pydantic import BaseModel, Extra, Field, ValidationError, root_validator, validator
 
 ControlKind = Literal["canny", "openpose", "tile", "color", "ip_adapter", "instant_id"]
 ControlMode = Literal["balanced", "prompt", "control"]
@@ -175,7 +175,139 @@ class GenerateParams(StrictModel):
         return values
 
 
+IMAGE_REF = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,127}$"
+
+
+class _DiffusionStep(StrictModel):
+    """Fields every generating workflow step shares."""
+
+    prompt: str = Field("", max_length=2000)
+    negative_prompt: str = Field("blurry, lowres, bad anatomy, deformed, watermark, text", max_length=2000)
+    steps: int = Field(30, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    sampler: SamplerName = "Euler a"
+    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    samples: int = Field(1, ge=1, le=4, description="images made by this step (seeds seed, seed+1, ...)")
+    width: Optional[int] = Field(None, ge=MIN_SIZE, le=MAX_SIZE, description="default: the input's, else 1024/512")
+    height: Optional[int] = Field(None, ge=MIN_SIZE, le=MAX_SIZE)
+    identity: Optional[str] = Field(None, regex=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+                                    description="a trained identity: its LoRA joins the prompt")
+    lora_weight: float = Field(0.9, ge=0.0, le=2.0)
+
+    @validator("width", "height")
+    def _multiple_of_8(cls, value, field):  # noqa: N805
+        if value is not None and value % 8:
+            raise ValueError(f"{field.name} must be a multiple of 8, got {value}")
+        return value
+
+
+class Txt2ImgStep(_DiffusionStep):
+    op: Literal["txt2img"]
+
+
+class Img2ImgStep(_DiffusionStep):
+    op: Literal["img2img"]
+    image: Optional[str] = Field(None, regex=IMAGE_REF, description="default: the previous step's output")
+    denoise: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class PoseTransferStep(_DiffusionStep):
+    op: Literal["pose_transfer"]
+    pose_image: Optional[str] = Field(None, regex=IMAGE_REF, description="default: the previous step's output")
+    controlnet_scale: float = Field(0.6, ge=0.0, le=2.0)
+
+
+class ImagePromptPoseStep(_DiffusionStep):
+    op: Literal["image_prompt_pose"]
+    ip_image: Optional[str] = Field(None, regex=IMAGE_REF, description="the look; default: the previous output")
+    pose_image: str = Field(..., regex=IMAGE_REF, description="the pose")
+    ip_adapter_scale: float = Field(0.6, ge=0.0, le=2.0)
+    controlnet_scale: float = Field(0.6, ge=0.0, le=2.0)
+
+
+class PortraitStep(StrictModel):
+    op: Literal["portrait"]
+    identities: List[str] = Field(..., min_items=1)
+    template: Optional[str] = Field(None, regex=IMAGE_REF, description="default: the previous step's output")
+    options: Dict[str, Union[float, int, bool, str]] = Field(default_factory=dict,
+                                                              description="other GenerateParams fields")
+
+    @root_validator(skip_on_failure=True)
+    def _valid_generate_params(cls, values):  # noqa: N805
+        GenerateParams(identities=values["identities"], **values["options"])  # raises naming the bad field
+        return values
+
+
+class RestoreStep(StrictModel):
+    op: Literal["restore"]
+    image: Optional[str] = Field(None, regex=IMAGE_REF)
+    codeformer_weight: float = Field(0.7, ge=0.0, le=1.0)
+
+
+class UpscaleStep(StrictModel):
+    op: Literal["upscale"]
+    image: Optional[str] = Field(None, regex=IMAGE_REF)
+    scale: float = Field(2.0, ge=1.0, le=4.0)
+    upscaler: Optional[str] = Field(None, max_length=100)
+
+
+WorkflowStep = Union[Txt2ImgStep, Img2ImgStep, PoseTransferStep, ImagePromptPoseStep, PortraitStep,
+                     RestoreStep, UpscaleStep]
+STEP_MODELS = {model.__fields__["op"].type_.__args__[0]: model for model in WorkflowStep.__args__}
+IMAGE_INPUT_FIELDS = {"img2img": "image", "pose_transfer": "pose_image", "image_prompt_pose": "ip_image",
+                      "portrait": "template", "restore": "image", "upscale": "image"}
+
+
+class WorkflowParams(StrictModel):
+    """An ordered list of steps; a step's image input defaults to the previous step's output."""
+
+    steps: List[WorkflowStep] = Field(..., min_items=1, max_items=20)
+
+    @validator("steps", pre=True)
+    def _parse_by_op(cls, steps):  # noqa: N805
+        """Each step is checked against its own op's model, so errors name the step, the op and the field."""
+        if not isinstance(steps, list):
+            return steps
+        return [_parse_step(index, step) for index, step in enumerate(steps)]
+
+    def image_names(self) -> list[str]:
+        """Every named image the steps refer to (the caller must supply them)."""
+        names = []
+        for step in self.steps:
+            for attribute in ("image", "pose_image", "ip_image", "template"):
+                value = getattr(step, attribute, None)
+                if value and value not in names:
+                    names.append(value)
+        return names
+
+    def check_inputs(self, available: set[str]) -> None:
+        """Raise ValueError naming the step and field when an image input cannot be satisfied."""
+        produced = False
+        for index, step in enumerate(self.steps):
+            field_name = IMAGE_INPUT_FIELDS.get(step.op)
+            value = getattr(step, field_name) if field_name else None
+            if value is not None and value not in available:
+                raise ValueError(f"steps[{index}] ({step.op}): {field_name} {value!r} was not supplied")
+            if field_name and value is None and not produced:
+                raise ValueError(f"steps[{index}] ({step.op}): {field_name} is required, "
+                                 "no earlier step makes an image")
+            produced = True
+
+
+def _parse_step(index: int, step):
+    if not isinstance(step, dict):
+        return step
+    model = STEP_MODELS.get(step.get("op"))
+    if model is None:
+        raise ValueError(f"steps[{index}]: unknown op {step.get('op')!r}; use one of {', '.join(STEP_MODELS)}")
+    try:
+        return model(**step)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ValueError(f"steps[{index}] ({step['op']}): {problems}") from None
+
+
 def params_json_schema() -> dict:
     """JSON schema of every parameter model, for `GET /sdapi/v1/portrait/schema` and the docs."""
-    models = (ControlParams, LoraWeight, DiffusionParams, TrainParams, GenerateParams)
+    models = (ControlParams, LoraWeight, DiffusionParams, TrainParams, GenerateParams, WorkflowParams)
     return {model.__name__: model.schema() for model in models}

@@ -27,13 +27,6 @@ def test_help_lists_every_subcommand(tmp_path):
         assert command in result.stdout
 
 
-def test_unbuilt_commands_say_which_issue_brings_them(tmp_path):
-    for command, issue in (("workflow", "#7"),):
-        result = _run([command], tmp_path)
-        assert result.returncode == 2
-        assert "not built yet" in result.stderr and issue in result.stderr
-
-
 def test_demo_prepares_trains_and_renders(tmp_path, tiny_sd15):
     out = tmp_path / "out"
     result = _run(["demo", "--out", str(out), "--size", "128", "--steps", "4", "--base-model", str(tiny_sd15)],

@@ -44,6 +44,33 @@ def test_invalid_values_name_the_field(model, fields, named):
 
 def test_schema_lists_every_model_with_its_constraints():
     schema = params_json_schema()
-    assert set(schema) == {"ControlParams", "LoraWeight", "DiffusionParams", "TrainParams", "GenerateParams"}
+    assert set(schema) == {"ControlParams", "LoraWeight", "DiffusionParams", "TrainParams", "GenerateParams",
+                           "WorkflowParams"}
     steps = schema["DiffusionParams"]["properties"]["steps"]
     assert steps["minimum"] == 1 and steps["maximum"] == 150
+
+
+def test_the_issue_7_workflow_file_format_parses():
+    from portrait_core.params import WorkflowParams
+
+    workflow = WorkflowParams(steps=[
+        {"op": "txt2img", "prompt": "...", "width": 1024, "height": 1024, "steps": 30, "seed": 1},
+        {"op": "pose_transfer", "pose_image": "pose.jpg", "prompt": "...", "controlnet_scale": 0.6, "steps": 30},
+        {"op": "restore", "codeformer_weight": 0.7}, {"op": "upscale", "scale": 2}])
+    assert [step.op for step in workflow.steps] == ["txt2img", "pose_transfer", "restore", "upscale"]
+    assert workflow.image_names() == ["pose.jpg"]
+
+
+@pytest.mark.parametrize(("steps", "named"), [
+    ([{"op": "txt2img"}, {"op": "teleport"}], "steps[1]: unknown op 'teleport'"),
+    ([{"op": "txt2img", "width": 1001}], "steps[0] (txt2img): width"),
+    ([{"op": "upscale", "scale": 9}], "steps[0] (upscale): scale"),
+    ([{"op": "pose_transfer", "pose_image": "../etc/passwd"}], "steps[0] (pose_transfer): pose_image"),
+    ([{"op": "portrait", "identities": ["a"], "options": {"crop_size": 100}}], "crop_size"),
+])
+def test_bad_workflow_steps_are_named(steps, named):
+    from portrait_core.params import WorkflowParams
+
+    with pytest.raises(pydantic.ValidationError) as error:
+        WorkflowParams(steps=steps)
+    assert named in str(error.value)
