@@ -103,3 +103,42 @@ def test_background_generation_is_a_job_with_results(client, template_b64):
 
 def test_version_lists_generate(client):
     assert "generate" in client.get(f"{PREFIX}/version").json()["capabilities"]
+
+
+def test_workflow_route_runs_and_rejects_bad_steps_before_running(client, shared_faces_dir):
+    pose = _jpeg(shared_faces_dir / "obama3.jpg", 4)
+    flow = {"steps": [
+        {"op": "txt2img", "prompt": "a stage", "width": 64, "height": 64, "steps": 2, "seed": 1},
+        {"op": "pose_transfer", "pose_image": "pose.jpg", "prompt": "a dancer", "controlnet_scale": 0.6,
+         "steps": 2, "width": 64, "height": 64}, {"op": "upscale", "scale": 2}]}
+    response = client.post(f"{PREFIX}/workflow", json={"workflow": flow, "images": {"pose.jpg": pose}})
+    assert response.status_code == 200, response.text
+    steps = response.json()["steps"]
+    assert [s["op"] for s in steps] == ["txt2img", "pose_transfer", "upscale"]
+    assert _decode(steps[2]["images"][0]).size == (128, 128)
+    assert "pose" in steps[1]["extras"] and "ControlNet openpose scale: 0.6" in steps[1]["infotexts"][0]
+    missing = client.post(f"{PREFIX}/workflow", json={"workflow": flow, "images": {}})
+    assert missing.status_code == 422 and "steps[1] (pose_transfer): pose_image 'pose.jpg'" in missing.text
+    bogus = client.post(f"{PREFIX}/workflow", json={"workflow": {"steps": [{"op": "teleport"}]}})
+    assert bogus.status_code == 422 and "unknown op" in bogus.text
+
+
+def test_background_workflow_results(client, shared_faces_dir):
+    flow = {"steps": [{"op": "txt2img", "prompt": "a stage", "width": 64, "height": 64, "steps": 2, "seed": 1},
+                      {"op": "upscale", "scale": 2}]}
+    job_id = client.post(f"{PREFIX}/workflow", json={"workflow": flow, "background": True}).json()["job_id"]
+    deadline = time.monotonic() + 120
+    while client.get(f"{PREFIX}/jobs/{job_id}").json()["state"] not in ("done", "failed") and \
+            time.monotonic() < deadline:
+        time.sleep(0.3)
+    results = client.get(f"{PREFIX}/jobs/{job_id}/results").json()
+    assert [s["op"] for s in results["steps"]] == ["txt2img", "upscale"]
+    assert _decode(results["steps"][1]["images"][0]).size == (128, 128)
+
+
+def _jpeg(path, scale):
+    image = Image.open(path).convert("RGB")
+    image = image.resize((image.width // scale, image.height // scale))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
