@@ -247,7 +247,7 @@ def version_info(*, generation: bool = False) -> dict:
     return {"name": "Portrait Studio", "version": __version__, "api_version": API_VERSION,
             # A content hash: it changes exactly when a parameter model changes, with nobody to forget a bump.
             "params_schema_version": hashlib.sha256(schema_text.encode("utf-8")).hexdigest()[:12],
-            "capabilities": [*CAPABILITIES, "generate"] if generation else list(CAPABILITIES)}
+            "capabilities": [*CAPABILITIES, "generate", "workflow"] if generation else list(CAPABILITIES)}
 
 
 # -- auth ----------------------------------------------------------------------------------------------
@@ -352,28 +352,14 @@ class _PortraitApi:
                 "photos": [{"name": p.name, "file": p.file, "bytes": len(p.data)} for p in upload.photos]}
 
     def _prepare(self, upload: _TrainUpload) -> dict:
-        """Stage the photos, prepare them, and only then swap photos, dataset and report into the identity."""
-        from portrait_core.preprocess import PreprocessOptions, preprocess_photos
-
-        identity = upload.params.identity
-        staging_root = self.root / UPLOADS_FOLDER / uuid.uuid4().hex
+        photos = [(photo.file, photo.data) for photo in upload.photos]
         try:
-            staged = identity_paths(identity, staging_root)
-            staged.photos.mkdir(parents=True)
-            files = []
-            for photo in upload.photos:
-                (staged.photos / photo.file).write_bytes(photo.data)
-                files.append(staged.photos / photo.file)
-            options = PreprocessOptions(top_k=upload.params.top_k_photos)
-            with self.gpu_lock:  # face models may run on the GPU (insightface); never beside a generation
-                report = preprocess_photos(files, identity, root=staging_root, options=options)
-            commit_prepared(staged, identity_paths(identity, self.root))
+            report = prepare_upload(self.root, upload.params.identity, photos, top_k=upload.params.top_k_photos,
+                                    gpu_lock=self.gpu_lock)
         except ModelUnavailableError as error:
             raise HTTPException(503, f"face models are not available: {error}") from error
         except IdentityError as error:  # e.g. the identity's folder is a symbolic link: we do not write through it
             raise HTTPException(409, str(error)) from error
-        finally:
-            _remove_upload(staging_root)
         return report.to_json()
 
     def _start_training(self, params: TrainParams) -> Job:
@@ -586,6 +572,30 @@ def resolve_checkpoint(name: str, folders: Sequence[Path]) -> Path:
 
 
 # -- disk ----------------------------------------------------------------------------------------------
+
+def prepare_upload(root: Path, identity: str, photos: Sequence[tuple[str, bytes]], *, top_k: int,
+                   gpu_lock: AbstractContextManager):
+    """Stage uploaded photos ((safe file name, bytes), see `safe_photo_name`) under `<root>/.uploads/`, prepare
+    them, and only then swap photos, dataset and report into the identity; returns the PreprocessReport.
+    Whatever fails (NoUsablePhotosError, ModelUnavailableError, IdentityError) leaves the identity as it was.
+    The HTTP API and the UI both call this."""
+    from portrait_core.preprocess import PreprocessOptions, preprocess_photos
+
+    staging_root = root / UPLOADS_FOLDER / uuid.uuid4().hex
+    try:
+        staged = identity_paths(identity, staging_root)
+        staged.photos.mkdir(parents=True)
+        files = []
+        for file_name, data in photos:
+            (staged.photos / file_name).write_bytes(data)
+            files.append(staged.photos / file_name)
+        with gpu_lock:  # face models may run on the GPU (insightface); never beside a generation
+            report = preprocess_photos(files, identity, root=staging_root, options=PreprocessOptions(top_k=top_k))
+        commit_prepared(staged, identity_paths(identity, root))
+    finally:
+        _remove_upload(staging_root)
+    return report
+
 
 def commit_prepared(staged: IdentityPaths, final: IdentityPaths) -> None:
     """Move a staged identity's photos, dataset and report into `final`, each folder swapped in whole."""
