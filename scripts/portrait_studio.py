@@ -92,6 +92,9 @@ def settings_options() -> dict[str, shared.OptionInfo]:
         "portrait_codeformer_fidelity": shared.OptionInfo(
             codeformer_weight, "Default CodeFormer fidelity", gr.Slider, codeformer_weight_range, **placement,
         ).info("0 = strongest restoration, 1 = closest to the generated face"),
+        "portrait_templates_dir": shared.OptionInfo(
+            "", "Your templates folder", **placement,
+        ).info("photos listed in the Generate tab's gallery beside the built-in ones; empty: PORTRAIT_HOME/templates"),
         "portrait_offline": shared.OptionInfo(
             False, "Offline mode: never download models", onchange=apply_configuration, **placement,
         ).info("--portrait-offline turns it on regardless"),
@@ -144,9 +147,38 @@ def on_app_started(demo, app) -> None:
                               generation=generation_service))
 
 
+def template_folders() -> list[Path]:
+    """The built-in templates, then the user's own folder (Settings → Portrait Studio)."""
+    from portrait_core import ui
+
+    own = saved_option("portrait_templates_dir") or config.settings().home / "templates"
+    return [ui.BUILTIN_TEMPLATES_DIR, Path(own).expanduser()]
+
+
+def on_ui_tabs():
+    """The Portrait Studio tab: Train, Generate and Identities, on the WebUI's checkpoints and queue."""
+    from modules import call_queue, infotext_utils, sd_models
+    from portrait_core import ui
+
+    backend = ui.UiBackend(
+        runner=job_runner(), generation=generation_service, template_dirs=template_folders,
+        checkpoints=lambda: list(sd_models.checkpoints_list),
+        checkpoint_path=lambda title: sd_models.checkpoints_list[title].filename,
+        # The option, not shared.sd_model: reading that can load the model.
+        default_checkpoint=lambda: saved_option("portrait_base_checkpoint") or saved_option("sd_model_checkpoint"),
+        gpu_lock=call_queue.queue_lock,
+        generation_session=lambda: generation_service().generator.host.session("Portrait Studio"),
+        initial_values={"generate": {"lora_weight": saved_option("portrait_lora_weight", 0.9),
+                                     "codeformer_weight": saved_option("portrait_codeformer_fidelity", 0.7)}},
+        webui=ui.WebUiHooks(send_to_buttons=ui.webui_send_to_buttons(infotext_utils)),
+    )
+    return ui.webui_tabs(backend)
+
+
 def register_callbacks() -> None:
     script_callbacks.on_ui_settings(on_ui_settings)
     script_callbacks.on_app_started(on_app_started)
+    script_callbacks.on_ui_tabs(on_ui_tabs)
 
 
 log.configure_logging(flag("portrait_loglevel", "INFO"))

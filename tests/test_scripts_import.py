@@ -19,6 +19,7 @@ PORTRAIT_OPTIONS = {
     "portrait_base_checkpoint": "",
     "portrait_lora_weight": 0.9,
     "portrait_codeformer_fidelity": 0.7,
+    "portrait_templates_dir": "",
     "portrait_offline": False,
 }
 
@@ -188,3 +189,16 @@ def test_fresh_webui_finds_portrait_core_in_the_extension_and_pulls_in_no_heavy_
     extension_dir = tmp_path / "webui" / EXTENSION_DIR
     assert Path(report["portrait_core"]) == extension_dir / "portrait_core" / "__init__.py"
     assert report["heavy"] == []
+
+
+def test_the_portrait_studio_tab_builds_inside_the_webui(tmp_path):
+    import gradio as gr
+
+    with webui_started(tmp_path / "webui") as webui:
+        from modules import infotext_utils
+
+        [(blocks, title, elem_id)] = webui["script_callbacks"].ui_tabs_callback()
+        assert isinstance(blocks, gr.Blocks) and title == "Portrait Studio" and elem_id == "portrait_studio"
+        assert [b.tabname for b in infotext_utils.registered_param_bindings] == ["img2img", "inpaint", "extras"]
+        ids = [block.elem_id for block in blocks.blocks.values() if getattr(block, "elem_id", None)]
+        assert ids and all(i.startswith("portrait") for i in ids)
