@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Creates (or completes) the development environment at .venv/ with the WebUI's pins as constraints.
 # Idempotent: a second run only checks that everything is there.
+#   --with-browser   also install Debian's headless Chromium + chromedriver for the UI's real-browser test
+#                    (needs apt and root; without them the test is skipped, nothing else changes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+WITH_BROWSER=0
+for argument in "$@"; do
+  case "$argument" in
+    --with-browser) WITH_BROWSER=1 ;;
+    *) echo "[setup] unknown option: $argument" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 PINS=constraints/host-pins-a1111-1.10.1.txt
@@ -40,5 +49,14 @@ if [ -n "$unexpected" ]; then
   echo "[setup] pip check found conflicts not explained in the README:" >&2
   echo "$unexpected" >&2
   exit 1
+fi
+if [ "$WITH_BROWSER" = 1 ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing chromium and chromium-driver (the UI's browser test)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+      || echo "[setup] WARNING: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "[setup] WARNING: no apt-get or not root: the browser test will be skipped" >&2
+  fi
 fi
 echo "[setup] environment ready (pip check: only the known, documented conflicts)"
