@@ -41,20 +41,18 @@ def create_app(*, base_model: Path | None = None, api_auth: str | None = None, w
     mount_api(app, ApiContext(runner=runner, api_auth=api_auth, generation=generation,
                               checkpoint_dirs=checkpoint_dirs))
     if with_ui:
-        _mount_ui(app, runner, generation)
+        _mount_ui(app, runner, generation, base_model)
     app.add_event_handler("shutdown", runner.close)
     return StandaloneApp(app, runner)
 
 
-def _mount_ui(app, runner: JobRunner, generation) -> None:
-    try:
-        from portrait_core import ui
-    except ImportError:
-        ui = None
-    if ui is None or not hasattr(ui, "mount_standalone"):
-        log.info("the tabs are not available in this version; serving the HTTP API only")
-        return
-    ui.mount_standalone(app, runner=runner, generation=generation)
+def _mount_ui(app, runner: JobRunner, generation, base_model: Path | None) -> None:
+    from portrait_core import ui
+
+    # The dropdown offers the served checkpoint; empty means the tiny local model (the page says so).
+    choices = [str(base_model)] if base_model else []
+    ui.mount_standalone(app, runner=runner, generation=generation, checkpoints=lambda: choices,
+                        default_checkpoint=(lambda: choices[0]) if choices else None)
 
 
 def serve(*, host: str, port: int, base_model: Path | None, api_auth: str | None) -> int:

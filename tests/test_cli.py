@@ -80,6 +80,8 @@ def test_serve_answers_http_on_loopback_with_auth(tmp_path):
                 time.sleep(0.3)
         assert response.status_code == 200 and "generate" in response.json()["capabilities"]
         assert httpx.get(url, timeout=2).status_code == 401
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert page.status_code == 200 and "gradio" in page.text.lower(), "the tabs are served at /"
     finally:
         server.terminate()
         server.wait(timeout=20)
