@@ -633,3 +633,27 @@ def delete_in_browser(browser: Browser) -> None:
     browser.wait_for_text("#portrait-identities-confirm", "cannot be undone")
     browser.click("#portrait-identities-confirm-delete")
     browser.wait_for_text("#portrait-identities-message", "Deleted 'obama'")
+
+
+# -- workflows ------------------------------------------------------------------------------------------
+
+def test_workflows_tab_runs_a_pose_transfer_and_shows_every_step(runner, tmp_path, service, shared_faces_dir):
+    import json
+
+    from portrait_core.ui.workflows import POSE_IMAGE, PRESETS, run_workflow
+
+    backend = make_backend(runner, tmp_path / "identities", generation=lambda: service)
+    flow = json.loads(json.dumps(PRESETS["Pose transfer"]))
+    flow["steps"][0].update(steps=2, width=64, height=64, seed=1)
+    pose = Image.open(shared_faces_dir / "obama3.jpg").convert("RGB")
+    gallery, infotext, message = run_workflow(backend, json.dumps(flow), pose.resize((pose.width // 4,
+                                                                                     pose.height // 4)), None)
+    captions = [caption for _, caption in gallery]
+    assert captions == ["step 1 · pose_transfer", "step 2 · restore", "step 3 · upscale", "step 1 · pose"]
+    assert gallery[2][0].size == (128, 128)
+    assert "restoration skipped" in message  # the standalone host has no CodeFormer
+    assert "Upscale" in infotext or "upscale" in infotext
+    _, _, refused = run_workflow(backend, json.dumps(flow), None, None)  # no pose image given
+    assert "pose_image" in refused and POSE_IMAGE in refused
+    _, _, invalid = run_workflow(backend, '{"steps": [{"op": "teleport"}]}', None, None)
+    assert "unknown op" in invalid

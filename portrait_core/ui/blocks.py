@@ -11,6 +11,7 @@ from portrait_core.ui.backend import UiBackend
 from portrait_core.ui.generate import build_generate_tab
 from portrait_core.ui.identities import IdentitiesTab, build_identities_tab
 from portrait_core.ui.train import TrainTab, build_train_tab
+from portrait_core.ui.workflows import build_workflows_tab
 
 ROOT_ELEMENT_ID = "portrait-studio"
 WEBUI_TAB = ("Portrait Studio", "portrait_studio")
@@ -19,13 +20,14 @@ STANDALONE_WORKERS = 4  # a training's progress watcher holds one while Generate
 
 
 def build_ui(backend: UiBackend, *, css: str | None = None) -> gr.Blocks:
-    """The Train, Generate and Identities tabs on `backend`. `css` only matters standalone: the WebUI loads
+    """The Train, Generate, Identities and Workflows tabs on `backend`. `css` only matters standalone: the WebUI loads
     the extension's style.css itself."""
     with gr.Blocks(analytics_enabled=False, title="Portrait Studio", css=css) as blocks:
         with gr.Tabs(elem_id=ROOT_ELEMENT_ID, elem_classes=["portrait-studio"]) as tabs:
             train = build_train_tab(backend)
             build_generate_tab(backend)
             identities = build_identities_tab(backend)
+            build_workflows_tab(backend)
         _connect_retrain(tabs, train, identities)
     return blocks
 
