@@ -53,7 +53,7 @@ PAD_FRACTION = 0.4
 GREY = (128, 128, 128)
 
 
-def _import_mediapipe():
+def import_mediapipe():
     # mediapipe's native logging floods the console with INFO lines; keep it to errors unless the
     # user chose otherwise. It must be set before mediapipe first loads its native library.
     os.environ.setdefault("GLOG_minloglevel", "2")
@@ -81,19 +81,19 @@ class EmbeddedModels:
 
     def face_detector(self, full_range: bool) -> Any:
         def create():
-            return _import_mediapipe().solutions.face_detection.FaceDetection(
+            return import_mediapipe().solutions.face_detection.FaceDetection(
                 model_selection=1 if full_range else 0, min_detection_confidence=DETECTOR_FLOOR)
         return self._get(f"face_detection_{'full' if full_range else 'short'}", create)
 
     def face_mesh(self) -> Any:
         def create():
-            return _import_mediapipe().solutions.face_mesh.FaceMesh(
+            return import_mediapipe().solutions.face_mesh.FaceMesh(
                 static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3)
         return self._get("face_mesh", create)
 
     def selfie_segmentation(self) -> Any:
         def create():
-            return _import_mediapipe().solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+            return import_mediapipe().solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
         return self._get("selfie_segmentation", create)
 
     def mesh_regions(self) -> dict[str, list[int]]:
@@ -128,7 +128,7 @@ class EmbeddedModels:
 
 def _mesh_regions() -> dict[str, list[int]]:
     """Landmark indices of each face-mesh region, from mediapipe's own connection tables."""
-    mesh = _import_mediapipe().solutions.face_mesh
+    mesh = import_mediapipe().solutions.face_mesh
 
     def indices(*connection_sets):
         return sorted({index for connections in connection_sets for edge in connections for index in edge})

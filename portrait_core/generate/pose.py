@@ -15,7 +15,6 @@ camera the right shoulder is on the image's left.
 from __future__ import annotations
 
 import colorsys
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from portrait_core.errors import InputImageError
-from portrait_core.faces.base import Face, check_rgb_image
+from portrait_core.faces.base import Face
+from portrait_core.faces.embedded import check_rgb_image, import_mediapipe
 from portrait_core.log import get_logger
 
 log = get_logger("pose")
@@ -127,15 +127,6 @@ class PoseResult:
         return {"people": [person], "canvas_width": self.size[0], "canvas_height": self.size[1]}
 
 
-def _import_mediapipe():
-    # mediapipe's native logging floods the console with INFO lines; keep it to errors unless the
-    # user chose otherwise. It must be set before mediapipe first loads its native library.
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    import mediapipe
-
-    return mediapipe
-
-
 class PoseModels:
     """Cache of the pose model handle, created on first use; `unload()` frees it.
 
@@ -152,7 +143,7 @@ class PoseModels:
         with self.lock:
             if self._holistic is None:
                 log.debug("loading mediapipe holistic")
-                self._holistic = _import_mediapipe().solutions.holistic.Holistic(
+                self._holistic = import_mediapipe().solutions.holistic.Holistic(
                     static_image_mode=True, model_complexity=1, refine_face_landmarks=True)
             return self._holistic
 
@@ -241,7 +232,7 @@ def _downscaled(pixels: np.ndarray, max_side: int) -> np.ndarray:
 def _body_keypoints(landmarks, size: tuple[int, int], min_visibility: float) -> tuple[np.ndarray, np.ndarray]:
     """The 18 OpenPose keypoints from mediapipe's 33 pose landmarks (same names, person's left/right);
     the neck, which mediapipe lacks, is the midpoint of the shoulders."""
-    pose_landmark = _import_mediapipe().solutions.pose.PoseLandmark
+    pose_landmark = import_mediapipe().solutions.pose.PoseLandmark
     body = np.full((len(BODY_KEYPOINTS), 2), np.nan, dtype=np.float32)
     scores = np.zeros(len(BODY_KEYPOINTS), dtype=np.float32)
     for index, name in enumerate(BODY_KEYPOINTS):
@@ -359,7 +350,7 @@ def _draw_dots(canvas: np.ndarray, points: np.ndarray, radius: int, color: tuple
 
 def face_keypoint_indices() -> list[int]:
     """Face-mesh landmarks on the contours OpenPose's face model marks: oval, brows, eyes, nose, lips."""
-    mesh = _import_mediapipe().solutions.face_mesh
+    mesh = import_mediapipe().solutions.face_mesh
     contours = (mesh.FACEMESH_FACE_OVAL, mesh.FACEMESH_LEFT_EYEBROW, mesh.FACEMESH_RIGHT_EYEBROW,
                 mesh.FACEMESH_LEFT_EYE, mesh.FACEMESH_RIGHT_EYE, mesh.FACEMESH_LIPS, mesh.FACEMESH_NOSE)
     return sorted({index for connections in contours for edge in connections for index in edge})

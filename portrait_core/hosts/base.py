@@ -13,7 +13,7 @@ from typing import Protocol, Sequence, Tuple, runtime_checkable
 
 from PIL import Image
 
-from portrait_core.errors import ControlError
+from portrait_core.errors import ControlError, InputImageError
 
 CONTROL_KINDS = ("canny", "openpose", "tile", "color", "ip_adapter", "instant_id")
 CONTROL_MODES = ("balanced", "prompt", "control")
@@ -79,3 +79,16 @@ class Host(Protocol):
     def progress(self, step: int, total: int, text: str = "") -> None: ...
 
     def interrupted(self) -> bool: ...
+
+
+def floor_to_8(size: tuple[int, int]) -> tuple[int, int]:
+    """An image size rounded down to multiples of 8 (what latent diffusion works in)."""
+    return (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))
+
+
+def check_generation_size(size: tuple[int, int]) -> tuple[int, int]:
+    """`size` as ints, or InputImageError when it is under 64 px or not a multiple of 8 on a side."""
+    width, height = (int(v) for v in size)
+    if width % 8 or height % 8 or width < 64 or height < 64:
+        raise InputImageError(f"size {width}x{height} must be at least 64x64 and a multiple of 8 on each side")
+    return (width, height)

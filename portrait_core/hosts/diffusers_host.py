@@ -20,7 +20,7 @@ from PIL import Image
 
 from portrait_core import imaging
 from portrait_core.errors import CheckpointError, ControlError, GenerationInterrupted, InputImageError, LoraFileError
-from portrait_core.hosts.base import Control, LoraList
+from portrait_core.hosts.base import Control, LoraList, check_generation_size, floor_to_8
 from portrait_core.hosts.ip_adapter import (
     FAMILY_LABELS,
     IP_ADAPTER_FOLDER,
@@ -172,7 +172,7 @@ class DiffusersHost:
                 size: tuple[int, int] | None = None, mask_blur: int = 4) -> Image.Image:
         """Repaint the white part of `mask`; pixels away from it come back exactly as they were."""
         mask = imaging.check_mask(image, mask)
-        size = _check_size(size or _floor8(image.size))
+        size = check_generation_size(size or floor_to_8(image.size))
         if not 0.0 < denoise <= 1.0 or int(steps * denoise) < 1:
             raise InputImageError(f"denoise {denoise} with {steps} steps leaves no step to run; "
                                   "raise denoise or steps")
@@ -186,7 +186,7 @@ class DiffusersHost:
                 lora: LoraList = (), steps: int = 20, cfg: float = 7.0, seed: int = 0,
                 sampler: str = "Euler a", size: tuple[int, int] = (512, 512)) -> Image.Image:
         request = _Request("txt2img", prompt, negative, tuple(controls), steps, cfg, seed, sampler,
-                           _check_size(size))
+                           check_generation_size(size))
         return self._run(request, lora, {})
 
     def restore_faces(self, image: Image.Image, codeformer_weight: float = 0.7) -> Image.Image:
@@ -461,12 +461,3 @@ def _pipeline_components(components) -> dict:
     return kwargs
 
 
-def _floor8(size: tuple[int, int]) -> tuple[int, int]:
-    return (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))
-
-
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
-    width, height = (int(v) for v in size)
-    if width % 8 or height % 8 or width < 64 or height < 64:
-        raise InputImageError(f"size {width}x{height} must be at least 64x64 and a multiple of 8 on each side")
-    return (width, height)

@@ -32,7 +32,7 @@ from portrait_core.errors import (
     ModelUnavailableError,
     PortraitError,
 )
-from portrait_core.hosts.base import Control, LoraList
+from portrait_core.hosts.base import Control, LoraList, check_generation_size, floor_to_8
 from portrait_core.hosts.diffusers_host import LORA_NAME_CHARS
 from portrait_core.log import get_logger
 
@@ -169,7 +169,7 @@ class WebUIHost:
                 size: tuple[int, int] | None = None, mask_blur: int = 4) -> Image.Image:
         """Repaint the white part of `mask` with the WebUI's img2img; pixels away from it stay as they were."""
         mask = imaging.check_mask(image, mask)
-        size = _check_size(size or _floor8(image.size))
+        size = check_generation_size(size or floor_to_8(image.size))
         if not 0.0 < denoise <= 1.0 or int(steps * denoise) < 1:
             raise InputImageError(f"denoise {denoise} with {steps} steps leaves no step to run; raise denoise or steps")
         work_image = image.convert("RGB").resize(size, Image.LANCZOS)
@@ -188,7 +188,7 @@ class WebUIHost:
     def txt2img(self, prompt: str, negative: str = "", *, controls: Sequence[Control] = (),
                 lora: LoraList = (), steps: int = 20, cfg: float = 7.0, seed: int = 0,
                 sampler: str = "Euler a", size: tuple[int, int] = (512, 512)) -> Image.Image:
-        size = _check_size(size)
+        size = check_generation_size(size)
         request = self._prepare(prompt, controls, lora, sampler, size)
         return self._generate("txt2img", request, negative=negative, steps=steps, cfg=cfg, seed=seed, size=size,
                               fields={"enable_hr": False})
@@ -717,12 +717,3 @@ def _same_pixels(first: Image.Image, second: Image.Image) -> bool:
                                                         np.asarray(second.convert("RGB")))
 
 
-def _floor8(size: tuple[int, int]) -> tuple[int, int]:
-    return (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))
-
-
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
-    width, height = (int(v) for v in size)
-    if width % 8 or height % 8 or width < 64 or height < 64:
-        raise InputImageError(f"size {width}x{height} must be at least 64x64 and a multiple of 8 on each side")
-    return (width, height)
