@@ -78,3 +78,24 @@ def prepared_obama(tmp_path_factory, shared_faces_dir) -> Path:
     root = tmp_path_factory.mktemp("identities")
     preprocess_folder(photos, "obama", root=root)
     return root
+
+
+@pytest.fixture
+def lora_dir(tmp_path):
+    """The settings' LoRA folder pointed at a fresh folder for one test (trainings write there)."""
+    from portrait_core import config
+
+    folder = tmp_path / "Lora"
+    config.configure(lora_dir=folder)
+    yield folder
+    config.reset()
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """A job runner of its own for one test, closed afterwards."""
+    from portrait_core.jobs import JobRunner
+
+    jobs = JobRunner(tmp_path / "jobs")
+    yield jobs
+    jobs.close()

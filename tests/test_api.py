@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from portrait_core import __version__, config
+from portrait_core import __version__
 from portrait_core.api import (
     API_PREFIX,
     ApiContext,
@@ -22,27 +22,12 @@ from portrait_core.api import (
     parse_api_auth,
     safe_photo_name,
 )
-from portrait_core.jobs import FINISHED_STATES, JobRunner
+from portrait_core.jobs import FINISHED_STATES
 from portrait_core.params import params_json_schema
 
 TRAIN = f"{API_PREFIX}/train"
 IDENTITIES = f"{API_PREFIX}/identities"
 LIMITS = UploadLimits(max_request_bytes=8_000_000, max_photos=6, max_photo_bytes=2_000_000)
-
-
-@pytest.fixture
-def lora_dir(tmp_path):
-    folder = tmp_path / "Lora"
-    config.configure(lora_dir=folder)
-    yield folder
-    config.reset()
-
-
-@pytest.fixture
-def runner(tmp_path):
-    jobs = JobRunner(tmp_path / "jobs")
-    yield jobs
-    jobs.close()
 
 
 @pytest.fixture

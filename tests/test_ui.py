@@ -141,13 +141,6 @@ class FakeInfotextUtils:
 # -- fixtures -------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def runner(tmp_path):
-    jobs = JobRunner(tmp_path / "jobs")
-    yield jobs
-    jobs.close()
-
-
-@pytest.fixture
 def identities_root(tmp_path, prepared_obama) -> Path:
     root = tmp_path / "identities"
     shutil.copytree(prepared_obama, root)

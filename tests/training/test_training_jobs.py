@@ -10,31 +10,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from safetensors import safe_open
 
-from portrait_core import config
 from portrait_core.hosts.diffusers_host import DiffusersHost
 from portrait_core.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner
 from portrait_core.params import TrainParams
 from portrait_core.training.service import start_training
 
 KOHYA_KEY = r"lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)"
-
-
-@pytest.fixture
-def lora_dir(tmp_path):
-    folder = tmp_path / "Lora"
-    config.configure(lora_dir=folder)
-    yield folder
-    config.reset()
-
-
-@pytest.fixture
-def runner(tmp_path):
-    jobs = JobRunner(tmp_path / "jobs")
-    yield jobs
-    jobs.close()
 
 
 def _params(**overrides) -> TrainParams:
