@@ -198,3 +198,19 @@ def test_trained_face_reference_is_preferred_when_it_shows_a_face(prepared_obama
     assert preferred.reference_image.shape != assets.reference_image.shape
     x0, y0, x1, y1 = analyzer.detect(preferred.reference_image)[0].box
     assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in preferred.reference_points)
+
+
+def test_identity_without_a_lora_renders_tuning_free_through_the_image_prompt(
+        prepared_obama, tmp_path, analyzer, tiny_sd15, tiny_cache_dir, biden):
+    from portrait_core.tiny_sd import ensure_tiny_ip_adapter
+
+    adapter = ensure_tiny_ip_adapter("sd15", cache_dir=tiny_cache_dir)
+    host = DiffusersHost(tiny_sd15, lora_dir=tmp_path, ip_adapter=adapter)
+    untrained = GenerationService(host, analyzer=analyzer, root=prepared_obama)
+    result = untrained.generate(GenerateParams(identities=["obama"], **FAST), [("biden.jpg", biden)])[0][0]
+    assert result.image.size == biden.size
+    assert host.load_count >= 3, "the IP-Adapter (weights + image encoder) was loaded and used"
+    with_prompt = untrained.generate(GenerateParams(identities=["obama"], ip_adapter_weight=1.5, **FAST),
+                                     [("biden.jpg", biden)])[0][0]
+    assert not np.array_equal(np.asarray(result.image), np.asarray(with_prompt.image)), \
+        "the image-prompt weight must steer the tuning-free portrait"
