@@ -192,8 +192,8 @@ class DiffusersHost:
     def restore_faces(self, image: Image.Image, codeformer_weight: float = 0.7) -> Image.Image:
         from portrait_core.errors import ModelUnavailableError
 
-        raise ModelUnavailableError("the standalone host has no face-restoration model yet "
-                                    "(CodeFormer support arrives with issue #7)")
+        raise ModelUnavailableError("the standalone host has no face-restoration model (CodeFormer runs "
+                                    "inside the WebUI); the face is left as generated")
 
     def upscale(self, image: Image.Image, scale: float = 2.0, upscaler: str | None = None) -> Image.Image:
         if upscaler not in (None, "Lanczos"):
