@@ -310,7 +310,7 @@ def test_the_report_lists_each_photo_and_why_the_other_person_was_rejected(train
     assert "kept (reference)" in report
 
 
-def test_identities_tab_lists_the_trained_identity_then_deletes_it_after_confirmation(trained):
+def test_identities_tab_lists_renames_then_deletes_after_confirmation(trained):
     page = trained.page
     page.trigger("portrait-tab-identities", "select")
     table = page.get("portrait-identities-table")
@@ -324,11 +324,20 @@ def test_identities_tab_lists_the_trained_identity_then_deletes_it_after_confirm
     page.trigger("portrait-identities-keep")
     assert page.prop("portrait-identities-confirm", "visible") is False
     assert (trained.home / "identities" / "obama").is_dir()
+    page.set("portrait-identities-new-name", "../barack")
+    page.trigger("portrait-identities-rename")
+    assert "New name" in text_of(page.get("portrait-identities-message"))
+    assert (trained.home / "identities" / "obama").is_dir(), "a refused rename changes nothing"
+    page.set("portrait-identities-new-name", "barack")
+    page.trigger("portrait-identities-rename")
+    assert "Renamed 'obama' to 'barack'" in text_of(page.get("portrait-identities-message"))
+    assert page.get("portrait-identities-table")[0][0] == "barack"
+    assert (trained.home / "Lora" / "barack.safetensors").is_file()
     page.trigger("portrait-identities-delete")
     page.trigger("portrait-identities-confirm-delete")
-    assert "Deleted 'obama'" in text_of(page.get("portrait-identities-message"))
-    assert not (trained.home / "identities" / "obama").exists()
-    assert not (trained.home / "Lora" / "obama.safetensors").exists()
+    assert "Deleted 'barack'" in text_of(page.get("portrait-identities-message"))
+    assert not (trained.home / "identities" / "barack").exists()
+    assert not (trained.home / "Lora" / "barack.safetensors").exists()
     assert page.get("portrait-identities-table") is None and page.get("portrait-identities-faces") == []
 
 

@@ -1,8 +1,7 @@
 """The Identities tab: every identity with its reference face, training date, base model and LoRA size;
-delete (after a confirmation) and re-train (the Train tab, filled in).
+rename, delete (after a confirmation) and re-train (the Train tab, filled in).
 
-Rename is left out on purpose: the identity id is the trigger word baked into the dataset captions and the
-trained LoRA, so renaming means re-captioning and re-training, which is what Re-train under a new name does.
+A rename moves the folder and the LoRA together; the trigger word stays the one the LoRA was trained with.
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ class IdentitiesTab:
     face_ids: gr.State
     selected: gr.Dropdown
     retrain: gr.Button
+    new_name: gr.Textbox
+    rename: gr.Button
     delete: gr.Button
     confirm_row: gr.Row
     confirm_text: gr.HTML
@@ -53,6 +54,10 @@ def build_identities_tab(backend: UiBackend) -> IdentitiesTab:
             refresh = gr.Button("↻ Refresh", elem_id="portrait-identities-refresh", scale=1)
             retrain = gr.Button("Re-train…", elem_id="portrait-identities-retrain", scale=1)
             delete = gr.Button("Delete…", variant="stop", elem_id="portrait-identities-delete", scale=1)
+        with gr.Row():
+            new_name = gr.Textbox(label="New name", elem_id="portrait-identities-new-name", scale=3,
+                                  placeholder="letters, digits, - and _")
+            rename = gr.Button("Rename", elem_id="portrait-identities-rename", scale=1)
         with gr.Row(visible=False, elem_id="portrait-identities-confirm", elem_classes=["portrait-confirm"]) as row:
             confirm_text = gr.HTML(elem_id="portrait-identities-confirm-text")
             confirm = gr.Button("Yes, delete it", variant="stop", elem_id="portrait-identities-confirm-delete")
@@ -63,7 +68,8 @@ def build_identities_tab(backend: UiBackend) -> IdentitiesTab:
         faces = gr.Gallery(value=listing.faces, label="Reference faces (click to select)", columns=6, height=220,
                            allow_preview=False, elem_id="portrait-identities-faces")
     widgets = IdentitiesTab(tab=tab, refresh=refresh, table=table, faces=faces, face_ids=gr.State(listing.face_ids),
-                            selected=selected, retrain=retrain, delete=delete, confirm_row=row,
+                            selected=selected, retrain=retrain, new_name=new_name, rename=rename, delete=delete,
+                            confirm_row=row,
                             confirm_text=confirm_text, confirm=confirm, keep=keep, pending=gr.State(None),
                             message=message)
     widgets.handlers = IdentitiesHandlers(backend, widgets)
@@ -80,6 +86,7 @@ def _connect_identities_events(w: IdentitiesTab) -> None:
     w.delete.click(handlers.ask_delete, inputs=[w.selected], outputs=[w.confirm_row, w.confirm_text, w.pending,
                                                                       w.message])
     w.keep.click(handlers.keep, outputs=[w.confirm_row, w.pending, w.message])
+    w.rename.click(handlers.rename, inputs=[w.selected, w.new_name], outputs=[w.message, w.new_name, *listing_outputs])
     w.confirm.click(handlers.delete, inputs=[w.pending],
                     outputs=[w.confirm_row, w.pending, w.message, *listing_outputs])
 
@@ -110,6 +117,26 @@ class IdentitiesHandlers:
         question = (f"Delete <strong>{html.escape(identity)}</strong>: its photos, prepared dataset, training runs "
                     "and its LoRA? This cannot be undone.")
         return {w.confirm_row: gr.update(visible=True), w.confirm_text: question, w.pending: identity, w.message: ""}
+
+    def rename(self, identity: str | None, new_name: str | None) -> dict:
+        from portrait_core.config import settings
+        from portrait_core.rename import rename_identity
+
+        w = self.w
+        new_name = (new_name or "").strip()
+        if not identity or not new_name:
+            return {w.message: error_html("Identity and New name: choose an identity and type its new name")}
+        busy = self.backend.active_job(identity)
+        if busy is not None:
+            return {w.message: error_html(f"{identity!r} has a {busy.state} training (job {busy.id}); "
+                                          "wait for it or cancel it before renaming")}
+        try:
+            rename_identity(identity, new_name, root=self.backend.root, lora_folder=settings().lora_folder)
+        except IdentityError as error:
+            return {w.message: error_html(f"New name: {error}")}
+        log.info("UI: renamed identity %s to %s", identity, new_name)
+        return {w.message: info_html(f"Renamed {identity!r} to {new_name!r}."), w.new_name: "",
+                **self.refresh(new_name)}
 
     def keep(self) -> dict:
         return {self.w.confirm_row: gr.update(visible=False), self.w.pending: None, self.w.message: ""}
