@@ -219,7 +219,8 @@ class PoseTransferStep(_DiffusionStep):
 
 class ImagePromptPoseStep(_DiffusionStep):
     op: Literal["image_prompt_pose"]
-    ip_image: Optional[str] = Field(None, regex=IMAGE_REF, description="the look; default: the previous output")
+    ip_image: Optional[str] = Field(None, regex=IMAGE_REF, description="the look; default: the identity's "
+                                    "reference face when `identity` is set, else the previous step's output")
     pose_image: str = Field(..., regex=IMAGE_REF, description="the pose")
     ip_adapter_scale: float = Field(0.6, ge=0.0, le=2.0)
     controlnet_scale: float = Field(0.6, ge=0.0, le=2.0)
@@ -288,7 +289,8 @@ class WorkflowParams(StrictModel):
             value = getattr(step, field_name) if field_name else None
             if value is not None and value not in available:
                 raise ValueError(f"steps[{index}] ({step.op}): {field_name} {value!r} was not supplied")
-            if field_name and value is None and not produced:
+            uses_reference_face = step.op == "image_prompt_pose" and step.identity is not None
+            if field_name and value is None and not produced and not uses_reference_face:
                 raise ValueError(f"steps[{index}] ({step.op}): {field_name} is required, "
                                  "no earlier step makes an image")
             produced = True

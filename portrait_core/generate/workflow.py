@@ -99,7 +99,9 @@ class WorkflowRunner:
         return output
 
     def _run_image_prompt_pose(self, index, step, images, previous) -> StepOutput:
-        look = _input(step.ip_image, images, previous)
+        # With an identity and no ip_image, the person's own reference face is the image prompt.
+        look = self._reference_face(step.identity) if step.ip_image is None and step.identity else \
+            _input(step.ip_image, images, previous)
         pose_source = images[step.pose_image]
         size = _step_size(step, pose_source)
         skeleton = self._pose_map(pose_source, index, step.pose_image, size)
@@ -140,6 +142,11 @@ class WorkflowRunner:
                                              seed=seed, sampler=step.sampler, size=size))
             texts.append(_infotext(step, index, seed, size, extra))
         return StepOutput(index, step.op, results, texts)
+
+    def _reference_face(self, identity: str) -> Image.Image:
+        if self.generation is None:
+            raise WorkflowError(f"identity {identity!r}: no identity store is configured for reference faces")
+        return Image.fromarray(self.generation.identity(identity).reference_image)
 
     def _seeds(self, step) -> list[int]:
         first = step.seed if step.seed >= 0 else random.randrange(2**31)  # noqa: S311 - a seed, not a secret

@@ -154,3 +154,22 @@ def test_restore_without_codeformer_weights_keeps_the_image_with_a_note(tmp_path
     assert outputs[0].images[0] is not None and np.array_equal(np.asarray(outputs[0].images[0]),
                                                                 np.asarray(standing))
     assert "codeformer-v0.1.0.pth" in outputs[0].notes[0]
+
+
+def test_an_identity_puts_its_own_face_and_lora_into_a_pose(tiny_sd15, tiny_cache_dir, prepared_obama, standing,
+                                                           tmp_path):
+    from portrait_core.checkpoints import load_components
+    from portrait_core.generate.service import GenerationService
+    from portrait_core.tiny_sd import ensure_tiny_ip_adapter
+    from tests.lora_factory import random_lora_for
+
+    parts = load_components(tiny_sd15)
+    random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, tmp_path / "obama.safetensors")
+    adapter = ensure_tiny_ip_adapter("sd15", cache_dir=tiny_cache_dir)
+    host = DiffusersHost(tiny_sd15, lora_dir=tmp_path, ip_adapter=adapter)
+    runner = WorkflowRunner(host, generation=GenerationService(host, root=prepared_obama))
+    workflow = WorkflowParams(steps=[{"op": "image_prompt_pose", "identity": "obama", "pose_image": "pose.jpg",
+                                      "steps": 2, "width": 64, "height": 64, "seed": 3}])
+    [output] = runner.run(workflow, {"pose.jpg": standing})
+    assert output.images[0].size == (64, 64)
+    assert "Portrait identities: obama" in output.infotexts[0] and "IP-Adapter scale: 0.6" in output.infotexts[0]
