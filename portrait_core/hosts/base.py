@@ -92,3 +92,16 @@ def check_generation_size(size: tuple[int, int]) -> tuple[int, int]:
     if width % 8 or height % 8 or width < 64 or height < 64:
         raise InputImageError(f"size {width}x{height} must be at least 64x64 and a multiple of 8 on each side")
     return (width, height)
+
+
+def check_inpaint_inputs(image: Image.Image, mask: Image.Image, size: tuple[int, int] | None, steps: int,
+                         denoise: float) -> tuple[Image.Image, tuple[int, int]]:
+    """What every host checks before an inpaint: the mask (as L, same size as the image), the work size
+    (default: the image's, rounded down to multiples of 8) and that denoise x steps leaves a step to run."""
+    from portrait_core import imaging
+
+    mask = imaging.check_mask(image, mask)
+    size = check_generation_size(size or floor_to_8(image.size))
+    if not 0.0 < denoise <= 1.0 or int(steps * denoise) < 1:
+        raise InputImageError(f"denoise {denoise} with {steps} steps leaves no step to run; raise denoise or steps")
+    return mask, size

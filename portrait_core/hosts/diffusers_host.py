@@ -20,7 +20,7 @@ from PIL import Image
 
 from portrait_core import imaging
 from portrait_core.errors import CheckpointError, ControlError, GenerationInterrupted, InputImageError, LoraFileError
-from portrait_core.hosts.base import Control, LoraList, check_generation_size, floor_to_8
+from portrait_core.hosts.base import Control, LoraList, check_generation_size, check_inpaint_inputs
 from portrait_core.hosts.ip_adapter import (
     FAMILY_LABELS,
     IP_ADAPTER_FOLDER,
@@ -171,11 +171,7 @@ class DiffusersHost:
                 denoise: float = 0.45, cfg: float = 7.0, seed: int = 0, sampler: str = "Euler a",
                 size: tuple[int, int] | None = None, mask_blur: int = 4) -> Image.Image:
         """Repaint the white part of `mask`; pixels away from it come back exactly as they were."""
-        mask = imaging.check_mask(image, mask)
-        size = check_generation_size(size or floor_to_8(image.size))
-        if not 0.0 < denoise <= 1.0 or int(steps * denoise) < 1:
-            raise InputImageError(f"denoise {denoise} with {steps} steps leaves no step to run; "
-                                  "raise denoise or steps")
+        mask, size = check_inpaint_inputs(image, mask, size, steps, denoise)
         request = _Request("inpaint", prompt, negative, tuple(controls), steps, cfg, seed, sampler, size, denoise)
         work_image = image.convert("RGB").resize(size, Image.LANCZOS)
         work_mask = mask.resize(size, Image.NEAREST)

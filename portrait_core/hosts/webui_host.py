@@ -32,7 +32,7 @@ from portrait_core.errors import (
     ModelUnavailableError,
     PortraitError,
 )
-from portrait_core.hosts.base import Control, LoraList, check_generation_size, floor_to_8
+from portrait_core.hosts.base import Control, LoraList, check_generation_size, check_inpaint_inputs
 from portrait_core.hosts.diffusers_host import LORA_NAME_CHARS
 from portrait_core.log import get_logger
 
@@ -168,10 +168,7 @@ class WebUIHost:
                 denoise: float = 0.45, cfg: float = 7.0, seed: int = 0, sampler: str = "Euler a",
                 size: tuple[int, int] | None = None, mask_blur: int = 4) -> Image.Image:
         """Repaint the white part of `mask` with the WebUI's img2img; pixels away from it stay as they were."""
-        mask = imaging.check_mask(image, mask)
-        size = check_generation_size(size or floor_to_8(image.size))
-        if not 0.0 < denoise <= 1.0 or int(steps * denoise) < 1:
-            raise InputImageError(f"denoise {denoise} with {steps} steps leaves no step to run; raise denoise or steps")
+        mask, size = check_inpaint_inputs(image, mask, size, steps, denoise)
         work_image = image.convert("RGB").resize(size, Image.LANCZOS)
         work_mask = mask.resize(size, Image.NEAREST)
         request = self._prepare(prompt, controls, lora, sampler, size)
