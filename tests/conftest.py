@@ -99,3 +99,22 @@ def runner(tmp_path):
     jobs = JobRunner(tmp_path / "jobs")
     yield jobs
     jobs.close()
+
+
+@pytest.fixture
+def webui_state_restored():
+    """Starting the WebUI double imports scripts/portrait_studio.py, which configures process-wide state
+    (portrait_core's settings, the `portrait` logger); give the next test what it had."""
+    import dataclasses
+    import logging
+
+    from portrait_core import config
+
+    settings = config.settings()
+    logger = logging.getLogger("portrait")
+    saved_logger = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    config.configure(**dataclasses.asdict(settings))
+    logger.setLevel(saved_logger[0])
+    logger.handlers[:] = saved_logger[1]
+    logger.propagate = saved_logger[2]

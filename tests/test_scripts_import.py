@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -14,6 +13,8 @@ import pytest
 from webui_double import DOUBLE_ROOT, webui_started
 
 EXTENSION_DIR = Path("extensions") / "portrait-studio"
+pytestmark = pytest.mark.usefixtures("webui_state_restored")
+
 PORTRAIT_OPTIONS = {
     "portrait_models_dir": "",
     "portrait_base_checkpoint": "",
@@ -24,20 +25,6 @@ PORTRAIT_OPTIONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def process_state_restored():
-    """The script configures process-wide state (portrait_core's settings, the `portrait` logger);
-    give the next test what it had."""
-    from portrait_core import config
-
-    settings = config.settings()
-    logger = logging.getLogger("portrait")
-    saved_logger = (logger.level, list(logger.handlers), logger.propagate)
-    yield
-    config.configure(**dataclasses.asdict(settings))
-    logger.setLevel(saved_logger[0])
-    logger.handlers[:] = saved_logger[1]
-    logger.propagate = saved_logger[2]
 
 
 def core_settings():

@@ -22,10 +22,7 @@ PREFIX = "/sdapi/v1/portrait"
 
 
 @pytest.fixture
-def webui_app(tmp_path, tiny_sd15):
-    from portrait_core import config
-
-    saved = config.settings()
+def webui_app(tmp_path, tiny_sd15, webui_state_restored):
     data = tmp_path / "webui"
     (data / "models" / "Stable-diffusion").mkdir(parents=True)
     (data / "models" / "Stable-diffusion" / "tiny-sd15").symlink_to(tiny_sd15, target_is_directory=True)
@@ -40,8 +37,6 @@ def webui_app(tmp_path, tiny_sd15):
         runner = _script_runner()
         if runner is not None:
             runner.close()
-    config.configure(**{k: getattr(saved, k) for k in ("home", "models_dir", "identities_dir", "cache_dir",
-                                                        "offline", "lora_dir")})
 
 
 def processing_backend():

@@ -123,6 +123,7 @@ def test_image_prompt_and_pose_run_on_both_families(family, tiny_sd15, tiny_sdxl
     assert outputs[0].extras["pose"].size == (64, 96)
 
 
+@pytest.mark.usefixtures("webui_state_restored")
 def test_codeformer_step_reaches_the_webuis_restorer_with_its_weight(tmp_path, tiny_sd15, standing):
     from webui_double import generation, webui_started
 
@@ -142,6 +143,7 @@ def test_codeformer_step_reaches_the_webuis_restorer_with_its_weight(tmp_path, t
     assert restorer.calls == [0.35] and outputs[0].notes == []
 
 
+@pytest.mark.usefixtures("webui_state_restored")
 def test_restore_without_codeformer_weights_keeps_the_image_with_a_note(tmp_path, tiny_sd15, standing):
     from webui_double import generation, webui_started
 

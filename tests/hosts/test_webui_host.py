@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import threading
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from portrait_core.hosts.base import Control, Host
 from portrait_core.hosts.webui_host import WebUIHost, _checked_unit
 from tests.lora_factory import random_lora_for
 
+pytestmark = pytest.mark.usefixtures("webui_state_restored")
+
 STEPS = 4
 SIZE = 64
 
@@ -32,20 +32,6 @@ def backend(tiny_sd15):
     return generation.DiffusersBackend(tiny_sd15)
 
 
-@pytest.fixture(autouse=True)
-def process_state_restored():
-    """Starting the double imports scripts/portrait_studio.py, which configures portrait_core and the
-    `portrait` logger for the whole process; give the next test what it had."""
-    from portrait_core import config
-
-    settings = config.settings()
-    logger = logging.getLogger("portrait")
-    saved_logger = (logger.level, list(logger.handlers), logger.propagate)
-    yield
-    config.configure(**dataclasses.asdict(settings))
-    logger.setLevel(saved_logger[0])
-    logger.handlers[:] = saved_logger[1]
-    logger.propagate = saved_logger[2]
 
 
 @pytest.fixture
