@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def prepare_identity(work: Path) -> Path:
     """The demo's sample person, prepared and given a briefly trained LoRA (in-process, 2 steps)."""
     from portrait_core import config
-    from portrait_core.demo import DEMO_IDENTITY, write_sample_photos
-    from portrait_core.preprocess import preprocess_folder
-    from portrait_core.tiny_sd import ensure_tiny_sd15
+    from portrait_core.adapters.cli.demo import DEMO_IDENTITY, write_sample_photos
+    from portrait_core.models.tiny import ensure_tiny_sd15
+    from portrait_core.prepare.preprocess import preprocess_folder
     from portrait_core.training.trainer import main, parse_args
 
     root = work / "identities"
@@ -45,9 +45,9 @@ def timed_portrait(service, params, template) -> tuple[float, float]:
 
 def measure(root, crop: int, steps: int, second_steps: int) -> list[tuple[str, float, float]]:
     """Cold (a new service: every model loads inside the call) then warm, for one setting."""
-    from portrait_core.demo import DEMO_IDENTITY, studio_template
-    from portrait_core.generate.service import standalone_service
+    from portrait_core.adapters.cli.demo import DEMO_IDENTITY, studio_template
     from portrait_core.params import GenerateParams
+    from portrait_core.services.generation import standalone_service
 
     params = GenerateParams(identities=[DEMO_IDENTITY], seed=1, crop_size=crop, first_pass_steps=steps,
                             second_pass_steps=second_steps)

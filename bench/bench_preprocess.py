@@ -19,8 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from portrait_core.faces.embedded import EmbeddedFaceAnalyzer
-from portrait_core.photos import list_photo_files, load_photo
-from portrait_core.preprocess import PreprocessOptions, make_training_crop
+from portrait_core.prepare.photos import list_photo_files, load_photo
+from portrait_core.prepare.preprocess import PreprocessOptions, make_training_crop
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "faces"
 STAGES = ("decode", "detect", "embed", "masks")

@@ -35,7 +35,7 @@ def make_dataset(folder: Path, count: int) -> Path:
 def run_variant(variant: str, resolution: int, steps: int, images: int) -> dict:
     import torch
 
-    from portrait_core.tiny_sd import ensure_tiny_sd15
+    from portrait_core.models.tiny import ensure_tiny_sd15
     from portrait_core.training.loop import build_setup, train_one_step
     from portrait_core.training.trainer import parse_args
 

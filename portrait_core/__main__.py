@@ -2,6 +2,6 @@
 
 import sys
 
-from portrait_core.cli import main
+from portrait_core.adapters.cli.main import main
 
 sys.exit(main())

@@ -121,8 +121,8 @@ def job_runner():
 
 def generation_service():
     if "generation" not in _runtime:
-        from portrait_core.generate.service import GenerationService
         from portrait_core.hosts.webui_host import WebUIHost
+        from portrait_core.services.generation import GenerationService
 
         _runtime["generation"] = GenerationService(WebUIHost(), base_model_name=shared.opts.data.get(
             "sd_model_checkpoint", ""))
@@ -140,7 +140,7 @@ def checkpoint_folders() -> list[Path]:
 def on_app_started(demo, app) -> None:
     """Mount /sdapi/v1/portrait/ on the WebUI's server (demo is None under --nowebui)."""
     from modules import call_queue
-    from portrait_core.api import ApiContext, mount_api
+    from portrait_core.adapters.http.api import ApiContext, mount_api
 
     mount_api(app, ApiContext(runner=job_runner(), api_auth=getattr(shared.cmd_opts, "api_auth", None),
                               gpu_lock=call_queue.queue_lock, checkpoint_dirs=checkpoint_folders(),
@@ -149,7 +149,7 @@ def on_app_started(demo, app) -> None:
 
 def template_folders() -> list[Path]:
     """The built-in templates, then the user's own folder (Settings → Portrait Studio)."""
-    from portrait_core import ui
+    from portrait_core.adapters import ui
 
     own = saved_option("portrait_templates_dir") or config.settings().home / "templates"
     return [ui.BUILTIN_TEMPLATES_DIR, Path(own).expanduser()]
@@ -158,7 +158,7 @@ def template_folders() -> list[Path]:
 def on_ui_tabs():
     """The Portrait Studio tab: Train, Generate and Identities, on the WebUI's checkpoints and queue."""
     from modules import call_queue, infotext_utils, sd_models
-    from portrait_core import ui
+    from portrait_core.adapters import ui
 
     backend = ui.UiBackend(
         runner=job_runner(), generation=generation_service, template_dirs=template_folders,

@@ -35,14 +35,14 @@ def tiny_cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd15(tiny_cache_dir) -> Path:
-    from portrait_core.tiny_sd import ensure_tiny_sd15
+    from portrait_core.models.tiny import ensure_tiny_sd15
 
     return ensure_tiny_sd15(seed=0, cache_dir=tiny_cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tiny_cache_dir) -> Path:
-    from portrait_core.tiny_sd import ensure_tiny_sdxl
+    from portrait_core.models.tiny import ensure_tiny_sdxl
 
     return ensure_tiny_sdxl(seed=0, cache_dir=tiny_cache_dir)
 
@@ -70,7 +70,7 @@ def prepared_obama(tmp_path_factory, shared_faces_dir) -> Path:
     """An identities root holding 'obama', prepared from the five shared Obama photos."""
     import shutil
 
-    from portrait_core.preprocess import preprocess_folder
+    from portrait_core.prepare.preprocess import preprocess_folder
 
     photos = tmp_path_factory.mktemp("obama-photos")
     for path in sorted(shared_faces_dir.glob("obama*.jpg")):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from portrait_core.lora import LoraLayer, module_index, write_lora_file
+from portrait_core.models.lora import LoraLayer, module_index, write_lora_file
 
 
 def random_lora_for(components: dict, path: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0,

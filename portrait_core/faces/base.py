@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from portrait_core.core.geometry import Box, box_area, box_center, box_size
 from portrait_core.errors import EmbeddingMismatchError, InputImageError
-from portrait_core.faces.geometry import Box, box_area, box_center, box_size
 
 if TYPE_CHECKING:
-    from portrait_core.models import ModelRegistry
+    from portrait_core.models.registry import ModelRegistry
 
 BACKEND_NAMES = ("auto", "embedded", "insightface")
 

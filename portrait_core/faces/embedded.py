@@ -20,8 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from portrait_core.faces.base import Face, check_rgb_image, normalize_embedding, sort_faces
-from portrait_core.faces.geometry import (
+from portrait_core.core.geometry import (
     LEVEL_TOLERANCE_DEGREES,
     Box,
     box_center,
@@ -32,9 +31,10 @@ from portrait_core.faces.geometry import (
     order_five_points,
     points_in_box,
 )
-from portrait_core.faces.masks import binarize, ellipse_face_mask, region_mask
+from portrait_core.core.masks import binarize, ellipse_face_mask, region_mask
+from portrait_core.faces.base import Face, check_rgb_image, normalize_embedding, sort_faces
 from portrait_core.log import get_logger
-from portrait_core.models import package_file
+from portrait_core.models.registry import package_file
 
 log = get_logger("faces")
 

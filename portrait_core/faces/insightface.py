@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from portrait_core.core.geometry import clip_box, order_five_points
 from portrait_core.errors import ModelUnavailableError
 from portrait_core.faces.base import Face, check_rgb_image, normalize_embedding, sort_faces
 from portrait_core.faces.embedded import EmbeddedFaceAnalyzer
-from portrait_core.faces.geometry import clip_box, order_five_points
 from portrait_core.log import get_logger
-from portrait_core.models import ModelRegistry, default_registry
+from portrait_core.models.registry import ModelRegistry, default_registry
 
 log = get_logger("faces")
 

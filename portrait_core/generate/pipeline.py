@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from portrait_core import face_imaging
+from portrait_core.core import face_imaging
 from portrait_core.errors import InputImageError, ModelUnavailableError, PortraitError
 from portrait_core.faces.base import Face, FaceAnalyzer, similarity
 from portrait_core.generate.identity import IdentityAssets, IdentityNotReadyError

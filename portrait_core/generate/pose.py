@@ -207,11 +207,11 @@ def extract_pose(image: Image.Image | np.ndarray | Path | str, *, name: str | No
 
 def _read_image(image: Image.Image | np.ndarray | Path | str, name: str | None) -> tuple[np.ndarray, str]:
     if isinstance(image, (str, Path)):
-        from portrait_core.photos import PhotoLimits, load_photo
+        from portrait_core.prepare.photos import PhotoLimits, load_photo
 
         return load_photo(Path(image), PhotoLimits(min_side=16)).pixels, name or Path(image).name
     if isinstance(image, Image.Image):
-        from portrait_core.photos import to_rgb
+        from portrait_core.prepare.photos import to_rgb
 
         return to_rgb(image), name or "image"
     return check_rgb_image(image, name or "image"), name or "image"

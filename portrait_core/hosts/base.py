@@ -98,7 +98,7 @@ def check_inpaint_inputs(image: Image.Image, mask: Image.Image, size: tuple[int,
                          denoise: float) -> tuple[Image.Image, tuple[int, int]]:
     """What every host checks before an inpaint: the mask (as L, same size as the image), the work size
     (default: the image's, rounded down to multiples of 8) and that denoise x steps leaves a step to run."""
-    from portrait_core import imaging
+    from portrait_core.core import imaging
 
     mask = imaging.check_mask(image, mask)
     size = check_generation_size(size or floor_to_8(image.size))

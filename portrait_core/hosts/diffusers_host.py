@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from portrait_core import imaging
+from portrait_core.core import imaging
 from portrait_core.errors import CheckpointError, ControlError, GenerationInterrupted, InputImageError, LoraFileError
 from portrait_core.hosts.base import Control, LoraList, check_generation_size, check_inpaint_inputs
 from portrait_core.hosts.ip_adapter import (
@@ -135,7 +135,7 @@ class DiffusersHost:
         """"sd15" or "sdxl"; read from the checkpoint's header or configs when nothing is loaded yet."""
         if self._components is not None:
             return self._components.family
-        from portrait_core.checkpoints import inspect_checkpoint
+        from portrait_core.models.checkpoints import inspect_checkpoint
 
         return inspect_checkpoint(self.base_model).base_family
 
@@ -153,7 +153,7 @@ class DiffusersHost:
         if self._components is None:
             import torch
 
-            from portrait_core.checkpoints import load_components
+            from portrait_core.models.checkpoints import load_components
 
             dtype = torch.float16 if self.device == "cuda" else torch.float32
             components = load_components(self.base_model, dtype=dtype)
@@ -399,7 +399,7 @@ class DiffusersHost:
 
     def _patcher(self):
         if self._lora_patcher is None:
-            from portrait_core.lora import LoraPatcher
+            from portrait_core.models.lora import LoraPatcher
 
             components = self._load_components()
             self._lora_patcher = LoraPatcher({"unet": components.unet, "text_encoder": components.text_encoder,
@@ -431,7 +431,7 @@ def _split_controls(controls: Sequence[Control]) -> tuple[list[Control], Control
 
 def _check_controlnet_family(kind: str, path: Path, components, base_name: str) -> None:
     """Refuse a ControlNet made for another model family before loading it (its configs tell)."""
-    from portrait_core.checkpoints import inspect_checkpoint
+    from portrait_core.models.checkpoints import inspect_checkpoint
 
     try:
         info = inspect_checkpoint(path)

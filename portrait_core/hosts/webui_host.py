@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from portrait_core import imaging
+from portrait_core.core import imaging
 from portrait_core.errors import (
     ControlError,
     GenerationInterrupted,

@@ -7,7 +7,7 @@ which is what the WebUI's built-in Lora extension reads.
 
 from __future__ import annotations
 
-from portrait_core.lora import LoraLayer
+from portrait_core.models.lora import LoraLayer
 
 COMPONENT_PREFIXES = {"sd15": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
                       "sdxl": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}

@@ -77,7 +77,7 @@ def build_setup(args: argparse.Namespace) -> TrainingSetup:
     import torch
     from accelerate import Accelerator
 
-    from portrait_core.checkpoints import load_components
+    from portrait_core.models.checkpoints import load_components
 
     precision = args.mixed_precision
     if precision == "auto":
@@ -232,13 +232,13 @@ def lora_metadata(args: argparse.Namespace, setup: TrainingSetup, steps: int) ->
 
 def _model_hash(path: Path) -> str:
     """The WebUI's model hash of a single-file checkpoint; for a diffusers folder, that of its model_index.json."""
-    from portrait_core.checkpoints import short_hash
+    from portrait_core.models.checkpoints import short_hash
 
     return short_hash(path / "model_index.json" if path.is_dir() else path)
 
 
 def checkpoint_and_validate(args, setup: TrainingSetup, state, validator, progress: ProgressLog) -> list:
-    from portrait_core.lora import write_lora_file
+    from portrait_core.models.lora import write_lora_file
 
     path = args.output_dir / f"checkpoint-{state.step}.safetensors"
     write_lora_file(path, current_lora_layers(setup), lora_metadata(args, setup, state.step))
@@ -271,7 +271,7 @@ def _should_stop_early(args, state, scores) -> bool:
 
 
 def finish(args, setup: TrainingSetup, state, scores: list, progress: ProgressLog) -> Path:
-    from portrait_core.lora import write_lora_file
+    from portrait_core.models.lora import write_lora_file
 
     progress.write("merging", step=state.step, total=state.total)
     weights = checkpoint_weights(scores, args.merge_top)
@@ -325,7 +325,7 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 def _load_checkpoint_into(setup: TrainingSetup, path: Path) -> None:
     from peft import set_peft_model_state_dict
 
-    from portrait_core.lora import read_lora_file
+    from portrait_core.models.lora import read_lora_file
 
     layers = read_lora_file(path)
     family = "sdxl" if "text_encoder_2" in setup.trainable else "sd15"

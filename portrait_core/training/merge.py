@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portrait_core.errors import LoraFileError
-from portrait_core.lora import LoraLayer, read_lora_file
+from portrait_core.models.lora import LoraLayer, read_lora_file
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def face_photo(shared_faces_dir):
     """Load a shared photo by file name as an upright RGB array (through the product's decoder)."""
-    from portrait_core.photos import load_photo
+    from portrait_core.prepare.photos import load_photo
 
     cache: dict[str, np.ndarray] = {}
 

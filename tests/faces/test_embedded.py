@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from skimage import data
 
+from portrait_core.core.geometry import box_center, head_roll_degrees, points_in_box
 from portrait_core.errors import InputImageError
 from portrait_core.faces import get_face_analyzer, similarity, sort_faces
 from portrait_core.faces.embedded import EmbeddedFaceAnalyzer
-from portrait_core.faces.geometry import box_center, head_roll_degrees, points_in_box
 
 OBAMA = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "32bit.png"]
 SINGLE_PERSON = [*OBAMA, "biden.jpg"]
@@ -48,7 +48,7 @@ def test_finds_the_astronaut(embedded):
 
 
 def test_finds_all_six_faces_in_the_group_photo_largest_first(embedded, insightface_images_dir):
-    from portrait_core.photos import load_photo
+    from portrait_core.prepare.photos import load_photo
 
     faces = embedded.detect(load_photo(insightface_images_dir / "t1.jpg").pixels)
     # Measured: the whole-image detectors alone find 3 of the 6; the tiles find the rest.
@@ -184,7 +184,7 @@ def test_get_face_analyzer_names_the_backends():
 def test_importing_the_face_package_loads_no_model_library():
     heavy = ("mediapipe", "dlib", "onnxruntime", "insightface", "torch")
     code = ("import sys, portrait_core.faces, portrait_core.faces.embedded, portrait_core.faces.insightface, "
-            f"portrait_core.preprocess; print(sorted(m for m in {heavy!r} if m in sys.modules))")
+            f"portrait_core.prepare.preprocess; print(sorted(m for m in {heavy!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "[]"

@@ -11,11 +11,11 @@ import threading
 import numpy as np
 import pytest
 
+from portrait_core.core.geometry import box_center, points_in_box
 from portrait_core.errors import ModelUnavailableError
 from portrait_core.faces import available_backends, get_face_analyzer, similarity
-from portrait_core.faces.geometry import box_center, points_in_box
 from portrait_core.faces.insightface import InsightFaceAnalyzer, find_installed_packs
-from portrait_core.models import ModelFile, ModelRegistry, default_registry, sha256_file
+from portrait_core.models.registry import ModelFile, ModelRegistry, default_registry, sha256_file
 from tests.faces.tiny_onnx import build_arcface_like, build_scrfd_like
 
 

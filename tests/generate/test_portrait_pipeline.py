@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portrait_core import face_imaging
+from portrait_core.core import face_imaging
 from portrait_core.errors import IdentityError
 from portrait_core.faces.base import similarity
 from portrait_core.generate.identity import IdentityNotReadyError
 from portrait_core.generate.pipeline import TemplateError
 from portrait_core.generate.results import save_results
-from portrait_core.generate.service import GenerationService
 from portrait_core.hosts.diffusers_host import DiffusersHost
 from portrait_core.params import GenerateParams
+from portrait_core.services.generation import GenerationService
 from tests.conftest import REPO_ROOT
 from tests.lora_factory import random_lora_for
 
@@ -36,7 +36,7 @@ def analyzer():
 @pytest.fixture(scope="module")
 def lora_dir(tmp_path_factory, tiny_sd15):
     """A LoRA folder with a (random, kohya-format) LoRA for 'obama' that fits the tiny model."""
-    from portrait_core.checkpoints import load_components
+    from portrait_core.models.checkpoints import load_components
 
     folder = tmp_path_factory.mktemp("Lora")
     parts = load_components(tiny_sd15)
@@ -202,7 +202,7 @@ def test_trained_face_reference_is_preferred_when_it_shows_a_face(prepared_obama
 
 def test_identity_without_a_lora_renders_tuning_free_through_the_image_prompt(
         prepared_obama, tmp_path, analyzer, tiny_sd15, tiny_cache_dir, biden):
-    from portrait_core.tiny_sd import ensure_tiny_ip_adapter
+    from portrait_core.models.tiny import ensure_tiny_ip_adapter
 
     adapter = ensure_tiny_ip_adapter("sd15", cache_dir=tiny_cache_dir)
     host = DiffusersHost(tiny_sd15, lora_dir=tmp_path, ip_adapter=adapter)

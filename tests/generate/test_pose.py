@@ -38,7 +38,7 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def full_figure(shared_faces_dir):
-    from portrait_core.photos import load_photo
+    from portrait_core.prepare.photos import load_photo
 
     return load_photo(shared_faces_dir / "obama3.jpg").pixels
 

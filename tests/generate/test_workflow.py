@@ -108,7 +108,7 @@ def test_workflow_command_writes_each_step(tmp_path, shared_faces_dir, tiny_sd15
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_image_prompt_and_pose_run_on_both_families(family, tiny_sd15, tiny_sdxl, tiny_cache_dir, standing,
                                                     astronaut):
-    from portrait_core.tiny_sd import ensure_tiny_ip_adapter
+    from portrait_core.models.tiny import ensure_tiny_ip_adapter
 
     base = tiny_sd15 if family == "sd15" else tiny_sdxl
     host = DiffusersHost(base, ip_adapter=ensure_tiny_ip_adapter(family, cache_dir=tiny_cache_dir))
@@ -160,9 +160,9 @@ def test_restore_without_codeformer_weights_keeps_the_image_with_a_note(tmp_path
 
 def test_an_identity_puts_its_own_face_and_lora_into_a_pose(tiny_sd15, tiny_cache_dir, prepared_obama, standing,
                                                            tmp_path):
-    from portrait_core.checkpoints import load_components
-    from portrait_core.generate.service import GenerationService
-    from portrait_core.tiny_sd import ensure_tiny_ip_adapter
+    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.tiny import ensure_tiny_ip_adapter
+    from portrait_core.services.generation import GenerationService
     from tests.lora_factory import random_lora_for
 
     parts = load_components(tiny_sd15)

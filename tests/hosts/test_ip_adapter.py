@@ -16,7 +16,7 @@ from portrait_core.generate.pose import draw_openpose, extract_pose
 from portrait_core.hosts.base import Control
 from portrait_core.hosts.diffusers_host import DiffusersHost
 from portrait_core.hosts.ip_adapter import inspect_ip_adapter
-from portrait_core.tiny_sd import ensure_tiny_ip_adapter
+from portrait_core.models.tiny import ensure_tiny_ip_adapter
 from tests.lora_factory import random_lora_for
 
 STEPS = 4

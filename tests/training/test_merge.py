@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from portrait_core.errors import LoraFileError
-from portrait_core.lora import LoraLayer, read_lora_file, write_lora_file
+from portrait_core.models.lora import LoraLayer, read_lora_file, write_lora_file
 from portrait_core.training.merge import ValidationScore, checkpoint_weights, weighted_average_loras
 from portrait_core.training.trainer import planned_steps
 

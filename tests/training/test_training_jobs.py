@@ -15,7 +15,7 @@ from safetensors import safe_open
 from portrait_core.hosts.diffusers_host import DiffusersHost
 from portrait_core.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner
 from portrait_core.params import TrainParams
-from portrait_core.training.service import start_training
+from portrait_core.services.training import start_training
 
 KOHYA_KEY = r"lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)"
 

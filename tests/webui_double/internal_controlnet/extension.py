@@ -90,7 +90,7 @@ class Preprocessor:
 
 
 def _canny(image, low, high):
-    from portrait_core import imaging
+    from portrait_core.core import imaging
 
     low = 100 if low < 0 else low
     high = 200 if high < 0 else high
@@ -98,7 +98,7 @@ def _canny(image, low, high):
 
 
 def _color_grid(image, *_):
-    from portrait_core import imaging
+    from portrait_core.core import imaging
 
     return np.asarray(imaging.color_grid_map(Image.fromarray(image)))
 

@@ -1,0 +1,1 @@
+"""`python -m portrait_core`: the command line."""

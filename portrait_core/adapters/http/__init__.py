@@ -1,0 +1,1 @@
+"""The HTTP API under /sdapi/v1/portrait/ and the standalone server."""

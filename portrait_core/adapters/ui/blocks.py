@@ -1,0 +1,66 @@
+"""The Portrait Studio tabs as one gr.Blocks: in the WebUI (`webui_tabs`) and standalone (`mount_standalone`)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import gradio as gr
+
+from portrait_core.adapters.ui.backend import UiBackend
+from portrait_core.adapters.ui.generate import build_generate_tab
+from portrait_core.adapters.ui.identities import IdentitiesTab, build_identities_tab
+from portrait_core.adapters.ui.train import TrainTab, build_train_tab
+from portrait_core.adapters.ui.workflows import build_workflows_tab
+
+ROOT_ELEMENT_ID = "portrait-studio"
+WEBUI_TAB = ("Portrait Studio", "portrait_studio")
+STYLE_SHEET = Path(__file__).resolve().parents[3] / "style.css"
+STANDALONE_WORKERS = 4  # a training's progress watcher holds one while Generate and the rest go on
+
+
+def build_ui(backend: UiBackend, *, css: str | None = None) -> gr.Blocks:
+    """The Train, Generate, Identities and Workflows tabs on `backend`. `css` only matters standalone: the WebUI loads
+    the extension's style.css itself."""
+    with gr.Blocks(analytics_enabled=False, title="Portrait Studio", css=css) as blocks:
+        with gr.Tabs(elem_id=ROOT_ELEMENT_ID, elem_classes=["portrait-studio"]) as tabs:
+            train = build_train_tab(backend)
+            build_generate_tab(backend)
+            identities = build_identities_tab(backend)
+            build_workflows_tab(backend)
+        _connect_retrain(tabs, train, identities)
+    return blocks
+
+
+def _connect_retrain(tabs: gr.Tabs, train: TrainTab, identities: IdentitiesTab) -> None:
+    """Identities → Re-train: the Train tab, filled in for that identity, comes to the front."""
+
+    def prefill(identity: str | None) -> dict:
+        return {**train.handlers.prefill(identity), tabs: gr.update(selected="train")}
+
+    identities.retrain.click(prefill, inputs=[identities.selected],
+                             outputs=[tabs, train.identity, train.photos, train.report, train.message])
+
+
+def webui_tabs(backend: UiBackend) -> list[tuple[gr.Blocks, str, str]]:
+    """What the WebUI's `on_ui_tabs` callback returns: [(blocks, title, id)]."""
+    return [(build_ui(backend), *WEBUI_TAB)]
+
+
+def mount_standalone(app, *, runner, generation, path: str = "/", **backend_options) -> gr.Blocks:
+    """Serve the tabs at `path` of a FastAPI app (the standalone `serve`), on the same runner and service as
+    its HTTP API. `backend_options` are further UiBackend fields (e.g. `checkpoints=`)."""
+    backend = UiBackend(runner=runner, generation=generation, **backend_options)
+    css = STYLE_SHEET.read_text(encoding="utf-8") if STYLE_SHEET.is_file() else None
+    blocks = build_ui(backend, css=css)
+    enable_queue(blocks)
+    gr.mount_gradio_app(app, blocks, path=path)
+    return blocks
+
+
+def enable_queue(blocks: gr.Blocks, workers: int = STANDALONE_WORKERS) -> gr.Blocks:
+    """Progress watching and Interrupt need Gradio's queue, with more than Gradio 3's single worker."""
+    parameters = inspect.signature(blocks.queue).parameters
+    if "concurrency_count" in parameters:  # Gradio 3
+        return blocks.queue(concurrency_count=workers)
+    return blocks.queue(default_concurrency_limit=workers)  # Gradio 4

@@ -1,0 +1,1 @@
+"""What is loaded from disk: checkpoints, LoRA files, the model registry, the tokenizer, the tiny test models."""

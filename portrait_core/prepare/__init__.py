@@ -1,0 +1,1 @@
+"""Photo decoding and preparation: uploads in, a training dataset and a report out."""

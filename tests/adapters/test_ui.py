@@ -1,0 +1,662 @@
+"""The Portrait Studio tabs: built under Gradio 3.41, then driven through their wired events as a user would
+(a `Page` runs the same dependency graph Gradio serves), and once from a real headless browser."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import html
+import inspect
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from portrait_core import config
+from portrait_core.adapters import ui
+from portrait_core.adapters.ui.forms import build_params, model_widgets
+from portrait_core.adapters.ui.train import latest_identity_score, progress_html
+from portrait_core.jobs import FINISHED_STATES, JobRunner
+from portrait_core.params import GenerateParams, TrainParams
+from tests.lora_factory import random_lora_for
+
+FAST_TRAINING = {"max-train-steps": 6, "resolution": 64, "validate-every": 3, "rank": 4, "alpha": 2.0,
+                 "gradient-accumulation": 1, "learning-rate": 1e-3}
+FAST_GENERATION = {"first-pass-steps": 3, "second-pass-steps": 3, "crop-size": 128, "seed": 4}
+
+
+class Page:
+    """One browser page on the Blocks: values by component, and events run as Gradio runs them (inputs as
+    a dict or a list, event data, generators, `.then` chains, updates), minus the JSON in between."""
+
+    def __init__(self, blocks: gr.Blocks):
+        self.blocks = blocks
+        self.by_elem_id = {block.elem_id: block for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+        self.values = {key: copy.deepcopy(getattr(block, "value", None)) for key, block in blocks.blocks.items()}
+        self.props: dict[int, dict] = {}
+
+    def component(self, target):
+        return self.by_elem_id[target] if isinstance(target, str) else target
+
+    def set(self, target, value) -> None:
+        self.values[self.component(target)._id] = value
+
+    def get(self, target):
+        return self.values[self.component(target)._id]
+
+    def prop(self, target, name):
+        return self.props.get(self.component(target)._id, {}).get(name)
+
+    def trigger(self, target, event: str = "click", data: dict | None = None) -> list:
+        """Fire `event` on the component; returns every frame any handler produced, in order."""
+        block_id = self.component(target)._id
+        frames: list = []
+        for index, dependency in enumerate(self.blocks.dependencies):
+            # Listeners that only cancel other events (a new progress watcher stops the old one) have no page to
+            # act on here: every event runs to its end before the next.
+            runs_code = self.blocks.fns[index].fn is not None and not dependency["cancels"]
+            if block_id in dependency["targets"] and dependency["trigger"] == event and runs_code:
+                self._run_chain(index, data, frames)
+        return frames
+
+    def select(self, target, index: int) -> list:
+        return self.trigger(target, "select", {"index": index, "value": None})
+
+    def _run_chain(self, index: int, data, frames: list) -> None:
+        frames.extend(self._run(index, data))
+        for after, dependency in enumerate(self.blocks.dependencies):
+            if dependency["trigger_after"] == index:
+                self._run_chain(after, None, frames)
+
+    def _run(self, index: int, data) -> list:
+        dependency, block_fn = self.blocks.dependencies[index], self.blocks.fns[index]
+        inputs = [self.blocks.blocks[key] for key in dependency["inputs"]]
+        outputs = [self.blocks.blocks[key] for key in dependency["outputs"]]
+        if block_fn.inputs_as_dict:
+            arguments = [{component: self.values[component._id] for component in inputs}]
+        else:
+            arguments = [self.values[component._id] for component in inputs]
+        if dependency["collects_event_data"]:
+            arguments.append(gr.SelectData(None, data))
+        returned = block_fn.fn(*arguments)
+        frames = []
+        for frame in returned if inspect.isgenerator(returned) else [returned]:
+            self._apply(frame, outputs)  # as it comes, like Gradio streams a generator's frames
+            frames.append(frame)
+        return frames
+
+    def _apply(self, frame, outputs: list) -> None:
+        if isinstance(frame, dict) and not _is_update(frame):
+            pairs = list(frame.items())
+        elif len(outputs) == 1:
+            pairs = [(outputs[0], frame)]
+        else:
+            pairs = list(zip(outputs, frame, strict=True))
+        for component, value in pairs:
+            assert component in outputs, f"a handler updated {component}, which is not among its outputs"
+            if _is_update(value):
+                self.props.setdefault(component._id, {}).update(value)
+                if "value" in value:
+                    self.values[component._id] = value["value"]
+            else:
+                self.values[component._id] = value
+
+
+def _is_update(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") in ("update", "generic_update")
+
+
+def uploaded(*paths: Path) -> list:
+    """What Gradio 3's gr.File(file_count="multiple") hands a handler: temp-file objects with the user's name."""
+    return [SimpleNamespace(name=str(path), orig_name=path.name) for path in paths]
+
+
+def text_of(markup: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", markup or ""))
+
+
+class FakeInfotextUtils:
+    """The parts of A1111 1.10.1's `modules.infotext_utils` the send-to hook uses, with their real signatures."""
+
+    class ParamBinding:
+        def __init__(self, paste_button, tabname, source_text_component=None, source_image_component=None,
+                     source_tabname=None, override_settings_component=None, paste_field_names=None):
+            self.paste_button, self.tabname = paste_button, tabname
+            self.source_text_component, self.source_image_component = source_text_component, source_image_component
+
+    def __init__(self):
+        self.registered = []
+
+    def register_paste_params_button(self, binding) -> None:
+        self.registered.append(binding)
+
+
+# -- fixtures -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def identities_root(tmp_path, prepared_obama) -> Path:
+    root = tmp_path / "identities"
+    shutil.copytree(prepared_obama, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def template_dir(tmp_path_factory, shared_faces_dir) -> Path:
+    """A small template (a third of the Biden photo: fast on the tiny model) in a templates folder."""
+    folder = tmp_path_factory.mktemp("templates")
+    image = Image.open(shared_faces_dir / "biden.jpg").convert("RGB")
+    image.resize((image.width // 3, image.height // 3)).save(folder / "biden.jpg", quality=90)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def service(tiny_sd15, prepared_obama, tmp_path_factory):
+    from portrait_core.hosts.diffusers_host import DiffusersHost
+    from portrait_core.models.checkpoints import load_components
+    from portrait_core.services.generation import GenerationService
+
+    lora_folder = tmp_path_factory.mktemp("Lora")
+    parts = load_components(tiny_sd15)
+    random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, lora_folder / "obama.safetensors")
+    return GenerationService(DiffusersHost(tiny_sd15, lora_dir=lora_folder), root=prepared_obama)
+
+
+def make_backend(runner, root, **options) -> ui.UiBackend:
+    def no_generation():
+        raise AssertionError("this test does not generate")
+
+    defaults = {"generation": no_generation, "identities_root": root, "checkpoints": list,
+                "template_dirs": list, "poll_seconds": 0.1}
+    return ui.UiBackend(runner=runner, **(defaults | options))
+
+
+def set_fields(page: Page, prefix: str, values: dict) -> None:
+    for name, value in values.items():
+        page.set(f"portrait-{prefix}-{name}", value)
+
+
+# -- building -------------------------------------------------------------------------------------------
+
+def test_standalone_blocks_have_prefixed_unique_ids_and_no_send_to_buttons(runner, tmp_path):
+    blocks = ui.build_ui(make_backend(runner, tmp_path / "identities"))
+    ids = [block.elem_id for block in blocks.blocks.values() if getattr(block, "elem_id", None)]
+    assert ids and all(elem_id.startswith("portrait-") for elem_id in ids), ids
+    assert len(ids) == len(set(ids)), "duplicate element ids"
+    classes = [name for block in blocks.blocks.values() for name in (getattr(block, "elem_classes", None) or [])]
+    assert all(name.startswith("portrait-") for name in classes), classes
+    assert not any("send-to" in elem_id for elem_id in ids)
+    buttons = {block.value for block in blocks.blocks.values() if isinstance(block, gr.Button)}
+    assert {"Start training", "Cancel training", "Generate", "Delete…", "Re-train…"} <= buttons
+
+
+def test_webui_blocks_offer_send_to_img2img_inpaint_and_extras(runner, tmp_path):
+    infotext_utils = FakeInfotextUtils()
+    backend = make_backend(runner, tmp_path, webui=ui.WebUiHooks(send_to_buttons=ui.webui_send_to_buttons(
+        infotext_utils)))
+    [(blocks, title, tab_id)] = ui.webui_tabs(backend)
+    assert isinstance(blocks, gr.Blocks) and (title, tab_id) == ("Portrait Studio", "portrait_studio")
+    page = Page(blocks)
+    gallery, infotext = page.component("portrait-results_gallery"), page.component("portrait-generate-infotext")
+    assert [binding.tabname for binding in infotext_utils.registered] == ["img2img", "inpaint", "extras"]
+    for binding in infotext_utils.registered:
+        assert binding.source_image_component is gallery and binding.source_text_component is infotext
+        assert binding.paste_button.elem_id == f"portrait-send-to-{binding.tabname}"
+    # The WebUI's send-to script finds the selected image in galleries whose id ends in "_gallery".
+    assert gallery.elem_id.endswith("_gallery")
+    # Without a checkpoint the trainer would take the tiny test model: in the WebUI that is refused.
+    page.set("portrait-train-identity", "ana")
+    page.trigger("portrait-train-start")
+    assert "Base checkpoint (base_model): choose" in text_of(page.get("portrait-train-message"))
+
+
+def test_advanced_widgets_are_the_model_fields_with_their_defaults_and_ranges():
+    with gr.Blocks():
+        widgets = model_widgets(TrainParams, id_prefix="t", exclude=("identity", "base_model"))
+    assert list(widgets) == [name for name in TrainParams.__fields__ if name not in ("identity", "base_model")]
+    assert (widgets["batch_size"].minimum, widgets["batch_size"].maximum) == (1, 64)
+    assert isinstance(widgets["max_train_steps"], gr.Number) and widgets["max_train_steps"].value == 800
+    assert isinstance(widgets["learning_rate"], gr.Number), "a 1e-4 rate on a slider cannot be picked"
+    assert widgets["resolution"].value == "" and "automatic" in widgets["resolution"].label
+    untouched = {name: widget.value for name, widget in widgets.items()}
+    assert build_params(TrainParams, untouched, identity="ana") == TrainParams(identity="ana")
+    with gr.Blocks():
+        generate = model_widgets(GenerateParams, id_prefix="g", exclude=("identities",))
+    assert generate["sampler"].choices == list(GenerateParams.__fields__["sampler"].type_.__args__)
+    assert isinstance(generate["restore_faces"], gr.Checkbox) and generate["restore_faces"].value is True
+    values = {name: widget.value for name, widget in generate.items()} | {"face_order": "1, 0"}
+    params = build_params(GenerateParams, values, identities=["a", "b"])
+    assert params.face_order == [1, 0] and params == GenerateParams(identities=["a", "b"], face_order=[1, 0])
+
+
+# -- Train tab ------------------------------------------------------------------------------------------
+
+def test_invalid_identity_name_is_named_and_nothing_is_written(runner, tmp_path, shared_faces_dir):
+    root = tmp_path / "identities"
+    page = Page(ui.build_ui(make_backend(runner, root)))
+    page.set("portrait-train-photos", uploaded(*sorted(shared_faces_dir.glob("obama*.jpg"))))
+    for bad_name in ("../escape", "ana lopez", ""):
+        page.set("portrait-train-identity", bad_name)
+        page.trigger("portrait-train-start")
+        message = text_of(page.get("portrait-train-message"))
+        assert "Training not started" in message and "Identity name (identity)" in message, message
+        assert repr(bad_name) in message or not bad_name
+    page.set("portrait-train-identity", "ana")
+    page.set("portrait-train-max-train-steps", 0)
+    page.trigger("portrait-train-start")
+    assert "Max train steps (max_train_steps)" in text_of(page.get("portrait-train-message"))
+    assert not root.exists() and runner.jobs() == []
+    assert page.get("portrait-train-progress") == page.component("portrait-train-progress").value
+
+
+def test_a_folder_with_no_usable_photo_reports_why_and_keeps_nothing(runner, tmp_path, shared_faces_dir):
+    not_a_photo = tmp_path / "notes.txt"
+    not_a_photo.write_text("not a picture")
+    root = tmp_path / "identities"
+    page = Page(ui.build_ui(make_backend(runner, root)))
+    page.set("portrait-train-photos", uploaded(not_a_photo))
+    page.set("portrait-train-identity", "ana")
+    page.trigger("portrait-train-start")
+    assert "Training not started" in text_of(page.get("portrait-train-message"))
+    report = page.get("portrait-train-report")
+    assert "notes.txt" in report and "rejected" in report and "not a picture" in report
+    assert runner.jobs() == [] and not (root / "ana").exists() and not (root / ".uploads").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_sd15, shared_faces_dir):
+    """The Train tab used once for real: five Obama photos and a Biden photo, the tiny model, six steps."""
+    home = tmp_path_factory.mktemp("train-tab")
+    config.configure(lora_dir=home / "Lora")
+    runner = JobRunner(home / "jobs")
+    backend = make_backend(runner, home / "identities", checkpoints=lambda: [str(tiny_sd15)])
+    page = Page(ui.build_ui(backend))
+    photos = [*sorted(shared_faces_dir.glob("obama*.jpg")), shared_faces_dir / "biden.jpg"]
+    page.set("portrait-train-photos", uploaded(*photos))
+    page.set("portrait-train-identity", "obama")
+    set_fields(page, "train", FAST_TRAINING)
+    frames = page.trigger("portrait-train-start")
+    yield SimpleNamespace(page=page, frames=frames, runner=runner, backend=backend, home=home)
+    runner.close()
+    config.reset()
+
+
+def test_start_queues_a_job_and_the_progress_advances_until_done(trained):
+    page, runner = trained.page, trained.runner
+    [job] = runner.jobs()
+    assert job.state in FINISHED_STATES
+    assert f"job {job.id}" in text_of(page.get("portrait-train-message"))
+    progress = [text_of(frame[page.component("portrait-train-progress")]) for frame in trained.frames
+                if page.component("portrait-train-progress") in frame]
+    steps = [int(match) for text in progress for match in re.findall(r"step (\d+)/6", text)]
+    assert len(progress) >= 3 and steps == sorted(steps) and steps[-1] == 6, progress
+    assert "done" in progress[-1] and "LoRA 'obama' saved" in progress[-1], job.error
+    assert (trained.home / "Lora" / "obama.safetensors").is_file()
+
+
+def test_the_report_lists_each_photo_and_why_the_other_person_was_rejected(trained):
+    report = trained.page.get("portrait-train-report")
+    rows = re.findall(r"<tr class=\"(portrait-kept|portrait-rejected)\">(.*?)</tr>", report)
+    assert len(rows) == 6 and sum(kind == "portrait-kept" for kind, _ in rows) >= 3
+    [(_, biden)] = [row for row in rows if "biden.jpg" in row[1]]
+    assert "rejected" in biden and "different person" in biden
+    assert report.count('src="data:image/jpeg;base64,') == 6, "every photo has a thumbnail"
+    assert "kept (reference)" in report
+
+
+def test_identities_tab_lists_renames_then_deletes_after_confirmation(trained):
+    page = trained.page
+    page.trigger("portrait-tab-identities", "select")
+    table = page.get("portrait-identities-table")
+    [row] = table
+    assert row[0] == "obama" and row[1].endswith("UTC") and row[3].endswith("MB") and row[5] == "ready"
+    assert row[2] == Path(trained.backend.checkpoints()[0]).name
+    assert [caption for _, caption in page.get("portrait-identities-faces")] == ["obama"]
+    page.trigger("portrait-identities-delete")
+    assert page.prop("portrait-identities-confirm", "visible") is True
+    assert "obama" in text_of(page.get("portrait-identities-confirm-text"))
+    page.trigger("portrait-identities-keep")
+    assert page.prop("portrait-identities-confirm", "visible") is False
+    assert (trained.home / "identities" / "obama").is_dir()
+    page.set("portrait-identities-new-name", "../barack")
+    page.trigger("portrait-identities-rename")
+    assert "New name" in text_of(page.get("portrait-identities-message"))
+    assert (trained.home / "identities" / "obama").is_dir(), "a refused rename changes nothing"
+    page.set("portrait-identities-new-name", "barack")
+    page.trigger("portrait-identities-rename")
+    assert "Renamed 'obama' to 'barack'" in text_of(page.get("portrait-identities-message"))
+    assert page.get("portrait-identities-table")[0][0] == "barack"
+    assert (trained.home / "Lora" / "barack.safetensors").is_file()
+    page.trigger("portrait-identities-delete")
+    page.trigger("portrait-identities-confirm-delete")
+    assert "Deleted 'barack'" in text_of(page.get("portrait-identities-message"))
+    assert not (trained.home / "identities" / "barack").exists()
+    assert not (trained.home / "Lora" / "barack.safetensors").exists()
+    assert page.get("portrait-identities-table") is None and page.get("portrait-identities-faces") == []
+
+
+def test_retrain_fills_the_train_tab_for_that_identity(runner, identities_root):
+    page = Page(ui.build_ui(make_backend(runner, identities_root)))
+    page.set("portrait-identities-selected", "obama")
+    page.trigger("portrait-identities-retrain")
+    assert page.get("portrait-train-identity") == "obama"
+    assert page.prop("portrait-studio", "selected") == "train"
+    assert "prepared photos" in text_of(page.get("portrait-train-message"))
+    assert "kept (reference)" in page.get("portrait-train-report")
+
+
+def test_progress_shows_step_eta_and_the_latest_identity_score(runner, tmp_path):
+    job = runner.submit("train", "ana", ["portrait_core.nothing"], tmp_path / "run")
+    runner.cancel(job.id)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    lines = ['{"phase": "checkpoint", "step": 3, "total": 9, "identity_score": 0.61}',
+             '{"phase": "training", "step": 4, "total": 9, "loss": 0.25, "eta_s": 65}']
+    (tmp_path / "run" / "progress.jsonl").write_text("\n".join(lines) + "\n")
+    job.state, job.progress = "running", {"phase": "training", "step": 4, "total": 9, "loss": 0.25, "eta_s": 65}
+    shown = text_of(progress_html(job, latest_identity_score(job)))
+    assert "Training" in shown and "step 4/9" in shown and "ETA 1m05s" in shown and "identity score 0.610" in shown
+    assert 'style="width: 44.4%"' in progress_html(job, None)
+
+
+def test_a_new_page_finds_the_running_training_and_cancels_it(tmp_path):
+    # The job is a plain sleeping process: what matters here is the page, not what the job does.
+    runner = JobRunner(tmp_path / "jobs", use_accelerate=False)
+    try:
+        job = runner.submit("train", "ana", ["timeit", "-n", "1", "-r", "1", "import time; time.sleep(60)"],
+                            tmp_path / "run")
+        wait_until(lambda: runner.get(job.id).state == "running", 20, "the job to start")
+        page = Page(ui.build_ui(make_backend(runner, tmp_path / "identities")))
+        page.trigger("portrait-train-cancel")
+        assert "No training of this page is running" in text_of(page.get("portrait-train-message"))
+        watching = threading.Thread(target=page.trigger, args=("portrait-train-show-progress",))
+        watching.start()
+        wait_until(lambda: "ana: starting" in text_of(page.get("portrait-train-progress")), 20, "the progress")
+        page.trigger("portrait-train-cancel")
+        assert "Cancelling the training of 'ana'" in text_of(page.get("portrait-train-message"))
+        watching.join(timeout=30)
+        assert not watching.is_alive() and "ana: cancelled" in text_of(page.get("portrait-train-progress"))
+    finally:
+        runner.close()
+
+
+def test_leaving_the_name_field_says_at_once_what_is_wrong_or_that_it_exists(runner, identities_root):
+    page = Page(ui.build_ui(make_backend(runner, identities_root)))
+    page.set("portrait-train-identity", "ana lopez")
+    page.trigger("portrait-train-identity", "blur")
+    assert "Identity name (identity)" in text_of(page.get("portrait-train-identity-hint"))
+    page.set("portrait-train-identity", "obama")
+    page.trigger("portrait-train-identity", "blur")
+    assert "'obama' exists" in text_of(page.get("portrait-train-identity-hint"))
+
+
+# -- Generate tab ---------------------------------------------------------------------------------------
+
+def test_generate_ranks_results_by_identity_score_with_the_score_in_each_caption(runner, service, prepared_obama,
+                                                                                 template_dir):
+    backend = make_backend(runner, prepared_obama, generation=lambda: service,
+                           template_dirs=lambda: [template_dir])
+    page = Page(ui.build_ui(backend))
+    assert page.get("portrait-generate-face-1") == "obama"
+    page.select("portrait-template-gallery", 0)
+    assert "biden.jpg" in text_of(page.get("portrait-generate-selected-template"))
+    set_fields(page, "generate", FAST_GENERATION | {"batch": 3})
+    page.trigger("portrait-generate-start")
+    results = page.get("portrait-results_gallery")
+    assert len(results) == 3, text_of(page.get("portrait-generate-message"))
+    scores = [float(re.match(r"score (-?\d\.\d+) · obama ", caption).group(1)) for _, caption in results]
+    assert scores == sorted(scores, reverse=True)
+    seeds = [int(re.search(r"seed (\d+)$", caption).group(1)) for _, caption in results]
+    assert sorted(seeds) == [4, 5, 6]
+    infotext = page.get("portrait-generate-infotext")
+    assert f"Seed: {seeds[0]}" in infotext and results[0][0].info["parameters"] == infotext
+    page.select("portrait-results_gallery", 2)
+    assert f"Seed: {seeds[2]}" in page.get("portrait-generate-infotext")
+
+
+def test_generate_says_what_is_missing_instead_of_failing(runner, service, prepared_obama, template_dir):
+    backend = make_backend(runner, prepared_obama, generation=lambda: service, template_dirs=lambda: [template_dir])
+    page = Page(ui.build_ui(backend))
+    page.trigger("portrait-generate-start")
+    assert "click a template in the gallery" in text_of(page.get("portrait-generate-message"))
+    page.trigger("portrait-generate-upload-tab", "select")
+    page.trigger("portrait-generate-start")
+    assert "upload a photo first" in text_of(page.get("portrait-generate-message"))
+    page.set("portrait-generate-face-1", None)
+    page.trigger("portrait-generate-start")
+    assert "Face 1 (identities)" in text_of(page.get("portrait-generate-message"))
+    page.set("portrait-generate-face-1", "obama")
+    page.set("portrait-generate-upload", Image.new("RGB", (96, 96), "white"))
+    page.set("portrait-generate-crop-size", 100)
+    page.trigger("portrait-generate-start")
+    assert "Crop size (crop_size): crop_size must be a multiple of 8" in text_of(page.get("portrait-generate-message"))
+    page.set("portrait-generate-crop-size", 128)
+    page.trigger("portrait-generate-start")
+    assert "has no face" in text_of(page.get("portrait-generate-message"))
+    assert page.get("portrait-results_gallery") in (None, [])
+
+
+# -- in a real browser ----------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# Nothing may leave this machine: the Gradio page links fonts and a script on the internet, so every host
+# name but the local server's resolves to nothing, and Chromium's own background traffic is off.
+CHROMIUM_ARGUMENTS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                      "--window-size=1400,2200", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                      "--disable-default-apps", "--no-first-run", "--disable-domain-reliability"]
+W3C_ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
+# Gradio 3 renders into <gradio-app> (with or without a shadow root); the WebUI's gradioApp() does the same.
+QUERY = ("const app = document.querySelector('gradio-app');"
+         "const root = app && app.shadowRoot ? app.shadowRoot : document;")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Browser:
+    """Headless Chromium through chromedriver's W3C WebDriver HTTP API (httpx only: no extra package)."""
+
+    def __init__(self, driver_url: str):
+        import httpx
+
+        self.http = httpx.Client(base_url=driver_url, timeout=60)
+        wait_until(self._ready, 20, "chromedriver")
+        capabilities = {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM,
+                                                                       "args": CHROMIUM_ARGUMENTS}}
+        session = self.http.post("/session", json={"capabilities": {"alwaysMatch": capabilities}}).json()
+        self.session = f"/session/{session['value']['sessionId']}"
+
+    def _ready(self) -> bool:
+        import httpx
+
+        try:
+            return self.http.get("/status").json()["value"]["ready"]
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self.http.delete(self.session)
+        self.http.close()
+
+    def command(self, path: str, body: dict | None = None):
+        response = self.http.post(self.session + path, json=body or {})
+        value = response.json()["value"]
+        assert response.status_code == 200, value
+        return value
+
+    def open(self, url: str) -> None:
+        self.command("/url", {"url": url})
+
+    def script(self, body: str, *arguments):
+        return self.command("/execute/sync", {"script": QUERY + body, "args": list(arguments)})
+
+    def text(self, css: str) -> str:
+        return self.script("const e = root.querySelector(arguments[0]); return e ? e.innerText : '';", css) or ""
+
+    def click(self, css: str) -> None:
+        assert self.script("const e = root.querySelector(arguments[0]); if (e) e.click(); return !!e;", css), css
+
+    def click_tab(self, label: str) -> None:
+        found = self.script("const b = [...root.querySelectorAll('button')].find(b => b.innerText.trim() === "
+                            "arguments[0]); if (b) b.click(); return !!b;", label)
+        assert found, f"no tab button {label!r}"
+
+    def type(self, css: str, text: str, *, clear: bool = False) -> None:
+        element = self.script("return root.querySelector(arguments[0]);", css)
+        if clear:
+            self.command(f"/element/{element[W3C_ELEMENT]}/clear")
+        self.command(f"/element/{element[W3C_ELEMENT]}/value", {"text": text})
+
+    def wait_for_text(self, css: str, expected: str, timeout: float = 30) -> str:
+        return wait_until(lambda: expected in self.text(css) and self.text(css), timeout,
+                          f"{expected!r} in {css} (it shows {self.text(css)[:300]!r})")
+
+
+@contextlib.contextmanager
+def served(app):
+    """`app` on a free 127.0.0.1 port, in a thread, for the duration of the block."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="portrait-ui-test-server", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 30, "the test server")
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no headless browser: apt-get install chromium chromium-driver")
+    port = free_port()
+    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        chromium = Browser(f"http://127.0.0.1:{port}")
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        driver.terminate()
+        driver.wait(timeout=15)
+
+
+def test_the_standalone_page_in_a_real_browser(request, browser, service, identities_root, template_dir, tmp_path):
+    from fastapi import FastAPI
+
+    runner = JobRunner(tmp_path / "jobs", use_accelerate=False)
+    request.addfinalizer(runner.close)
+    # A training started elsewhere (a plain sleeping process: only the page matters here).
+    sleeping = runner.submit("train", "ana", ["timeit", "-n", "1", "-r", "1", "import time; time.sleep(60)"],
+                             tmp_path / "run")
+    app = FastAPI()
+    fast = {"first_pass_steps": 3, "second_pass_steps": 3, "crop_size": 128, "seed": 4}
+    ui.mount_standalone(app, runner=runner, generation=lambda: service, identities_root=identities_root,
+                        template_dirs=lambda: [template_dir], initial_values={"generate": fast})
+    too_small = tmp_path / "tiny.png"
+    Image.new("RGB", (40, 40), "gray").save(too_small)
+    with served(app) as url:
+        browser.open(url)
+        wait_until(lambda: browser.text("#portrait-train-start"), 60, "the Portrait Studio page")
+        follow_and_cancel_in_browser(browser)
+        assert runner.get(sleeping.id).state == "cancelled"
+        train_in_browser(browser, too_small)
+        generate_in_browser(browser)
+        delete_in_browser(browser)
+    assert not (identities_root / "ana-x").exists() and not (identities_root / "obama").exists()
+
+
+def follow_and_cancel_in_browser(browser: Browser) -> None:
+    """The page finds the running training, shows its progress live, and cancels it."""
+    browser.click("#portrait-train-show-progress")
+    browser.wait_for_text("#portrait-train-progress", "ana: starting")
+    browser.click("#portrait-train-cancel")
+    browser.wait_for_text("#portrait-train-message", "Cancelling the training of 'ana'")
+    browser.wait_for_text("#portrait-train-progress", "ana: cancelled")
+
+
+def train_in_browser(browser: Browser, photo: Path) -> None:
+    """A photo and an invalid name, then a valid name: the report says why the photo was rejected."""
+    name_field = "#portrait-train-identity textarea, #portrait-train-identity input"
+    browser.type("#portrait-train-photos input[type=file]", str(photo))
+    browser.wait_for_text("#portrait-train-photos", photo.name)
+    browser.type(name_field, "ana lopez")
+    browser.click("#portrait-train-start")
+    browser.wait_for_text("#portrait-train-message", "Identity name (identity)")
+    browser.type(name_field, "ana-x", clear=True)
+    browser.click("#portrait-train-start")
+    report = browser.wait_for_text("#portrait-train-report", photo.name)
+    assert "rejected" in report and "too small" in report
+
+
+def generate_in_browser(browser: Browser) -> None:
+    """Pick the template in the gallery, render, read the score under the result and its infotext."""
+    browser.click_tab("Generate")
+    wait_until(lambda: browser.script("return root.querySelectorAll('#portrait-template-gallery img').length"),
+               20, "the template gallery")
+    browser.script("root.querySelector('#portrait-template-gallery img').closest('button').click();")
+    browser.wait_for_text("#portrait-generate-selected-template", "biden.jpg")
+    browser.click("#portrait-generate-start")
+    browser.wait_for_text("#portrait-generate-message", "portrait(s)", timeout=120)
+    assert "Seed: 4" in browser.script("return root.querySelector('#portrait-generate-infotext textarea').value;")
+    captions = browser.text("#portrait-results_gallery")
+    assert re.search(r"score -?\d\.\d{3} · obama", captions), captions
+
+
+def delete_in_browser(browser: Browser) -> None:
+    """The prepared identity is listed; it is deleted only after the confirmation."""
+    browser.click_tab("Identities")
+    browser.wait_for_text("#portrait-identities-table", "obama")
+    browser.click("#portrait-identities-delete")
+    browser.wait_for_text("#portrait-identities-confirm", "cannot be undone")
+    browser.click("#portrait-identities-confirm-delete")
+    browser.wait_for_text("#portrait-identities-message", "Deleted 'obama'")
+
+
+# -- workflows ------------------------------------------------------------------------------------------
+
+def test_workflows_tab_runs_a_pose_transfer_and_shows_every_step(runner, tmp_path, service, shared_faces_dir):
+    import json
+
+    from portrait_core.adapters.ui.workflows import POSE_IMAGE, PRESETS, run_workflow
+
+    backend = make_backend(runner, tmp_path / "identities", generation=lambda: service)
+    flow = json.loads(json.dumps(PRESETS["Pose transfer"]))
+    flow["steps"][0].update(steps=2, width=64, height=64, seed=1)
+    pose = Image.open(shared_faces_dir / "obama3.jpg").convert("RGB")
+    gallery, infotext, message = run_workflow(backend, json.dumps(flow), pose.resize((pose.width // 4,
+                                                                                     pose.height // 4)), None)
+    captions = [caption for _, caption in gallery]
+    assert captions == ["step 1 · pose_transfer", "step 2 · restore", "step 3 · upscale", "step 1 · pose"]
+    assert gallery[2][0].size == (128, 128)
+    assert "restoration skipped" in message  # the standalone host has no CodeFormer
+    assert "Upscale" in infotext or "upscale" in infotext
+    _, _, refused = run_workflow(backend, json.dumps(flow), None, None)  # no pose image given
+    assert "pose_image" in refused and POSE_IMAGE in refused
+    _, _, invalid = run_workflow(backend, '{"steps": [{"op": "teleport"}]}', None, None)
+    assert "unknown op" in invalid
