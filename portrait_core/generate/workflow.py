@@ -51,11 +51,12 @@ class WorkflowRunner:
         self.validate(workflow, images)
         outputs: list[StepOutput] = []
         previous: Image.Image | None = None
-        for index, step in enumerate(workflow.steps):
-            self.progress(index, len(workflow.steps), step.op)
-            output = getattr(self, f"_run_{step.op}")(index, step, images, previous)
-            outputs.append(output)
-            previous = output.images[0]
+        with self.host.session("portrait studio: workflow"):  # no other caller between two steps
+            for index, step in enumerate(workflow.steps):
+                self.progress(index, len(workflow.steps), step.op)
+                output = getattr(self, f"_run_{step.op}")(index, step, images, previous)
+                outputs.append(output)
+                previous = output.images[0]
         return outputs
 
     def validate(self, workflow: WorkflowParams, images: dict[str, Image.Image]) -> None:

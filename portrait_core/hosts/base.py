@@ -7,9 +7,12 @@ ControlNet units, face restoration and upscalers.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence, Tuple, runtime_checkable
+from typing import Callable, Protocol, Sequence, Tuple, runtime_checkable
 
 from PIL import Image
 
@@ -51,9 +54,82 @@ class Control:
 LoraList = Sequence[Tuple[str, float]]
 
 
+class HostSession:
+    """One caller's turn on the GPU (see `Host.session`). `interrupt()` stops this turn only: once the
+    session has ended, or before it began, it does nothing (a cancelled background job must never stop
+    somebody else's generation)."""
+
+    def __init__(self, job: str, interrupt: Callable[[], None]):
+        self.job = job
+        self._interrupt = interrupt
+        self._active = False
+        self._guard = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def interrupt(self) -> bool:
+        """Interrupt the host if this session is the one running now; True when it was."""
+        with self._guard:
+            if self._active:
+                self._interrupt()
+            return self._active
+
+    def _set_active(self, active: bool) -> None:
+        with self._guard:
+            self._active = active
+
+
+class SessionLock:
+    """The GPU lock a standalone host owns: reentrant within a thread, one session handle per turn.
+
+    `turn(job, on_start)` yields the HostSession; `on_start()` runs when a thread's outermost session
+    begins (a host clears its interrupt flag there, so an Interrupt aimed at an earlier turn cannot
+    leak into this one, and one aimed at this turn stops all its remaining calls)."""
+
+    def __init__(self, interrupt: Callable[[], None]):
+        self._lock = threading.RLock()
+        self._interrupt = interrupt
+        self._local = threading.local()
+
+    @contextmanager
+    def turn(self, job: str, on_start: Callable[[], None] = lambda: None) -> Iterator[HostSession]:
+        current = getattr(self._local, "session", None)
+        if current is not None:  # nested: the thread's outer session goes on
+            yield current
+            return
+        with self._lock:
+            session = HostSession(job, self._interrupt)
+            on_start()
+            session._set_active(True)
+            self._local.session = session
+            try:
+                yield session
+            finally:
+                self._local.session = None
+                session._set_active(False)
+
+
 @runtime_checkable
 class Host(Protocol):
-    """What a diffusion host offers. Sizes are (width, height); seeds are resolved (>= 0) by the caller."""
+    """What a diffusion host offers. Sizes are (width, height); seeds are resolved (>= 0) by the caller.
+
+    The host OWNS the GPU: every call takes the host's own lock, and `session(job)` holds it across
+    several calls (both passes of a portrait, a whole workflow) so nothing else runs in between.
+    Callers (HTTP routes, tabs, jobs, workflows) never pick a lock themselves."""
+
+    def session(self, job: str = "portrait studio") -> AbstractContextManager[HostSession]:
+        """Hold the GPU across several calls; nests within one thread."""
+        ...
+
+    def interrupt(self) -> None:
+        """Stop the running call after its current step (any thread; what an Interrupt button does)."""
+        ...
+
+    def samplers(self) -> list[str]:
+        """The sampler names this host accepts (the WebUI's own list inside the WebUI)."""
+        ...
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str, negative: str = "", *,
                 controls: Sequence[Control] = (), lora: LoraList = (), steps: int = 20,

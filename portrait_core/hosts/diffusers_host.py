@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +21,14 @@ from PIL import Image
 
 from portrait_core.core import imaging
 from portrait_core.errors import CheckpointError, ControlError, GenerationInterrupted, InputImageError, LoraFileError
-from portrait_core.hosts.base import Control, LoraList, check_generation_size, check_inpaint_inputs
+from portrait_core.hosts.base import (
+    Control,
+    HostSession,
+    LoraList,
+    SessionLock,
+    check_generation_size,
+    check_inpaint_inputs,
+)
 from portrait_core.hosts.ip_adapter import (
     FAMILY_LABELS,
     IP_ADAPTER_FOLDER,
@@ -107,6 +115,8 @@ class DiffusersHost:
         self._progress_callback = progress_callback
         self._device = device
         self._interrupt = threading.Event()
+        # One owner of the models: every call, LoRA merge/restore and scheduler change runs under this lock.
+        self._gpu = SessionLock(self._interrupt.set)
         self._components = None
         self._controlnets: dict[str, object] = {}
         self._pipelines: dict[tuple, object] = {}
@@ -141,6 +151,10 @@ class DiffusersHost:
 
     def unload(self) -> None:
         """Drop every model this host holds; the next call loads again."""
+        with self.session("unload"):
+            self._unload()
+
+    def _unload(self) -> None:
         if self._ip_adapter is not None and self._components is not None:
             self._ip_adapter.switch_off(self._components.unet)  # components may outlive us (the trainer's)
         self._ip_adapter = None
@@ -150,6 +164,12 @@ class DiffusersHost:
         self._lora_patcher = None
 
     def _load_components(self):
+        if self._components is None:
+            with self.session("load the base model"):  # two first callers must not both load (or import) it
+                return self._load_components_now()
+        return self._components
+
+    def _load_components_now(self):
         if self._components is None:
             import torch
 
@@ -175,7 +195,8 @@ class DiffusersHost:
         request = _Request("inpaint", prompt, negative, tuple(controls), steps, cfg, seed, sampler, size, denoise)
         work_image = image.convert("RGB").resize(size, Image.LANCZOS)
         work_mask = mask.resize(size, Image.NEAREST)
-        generated = self._run(request, lora, {"image": work_image, "mask_image": work_mask, "strength": denoise})
+        with self.session("inpaint"):
+            generated = self._run(request, lora, {"image": work_image, "mask_image": work_mask, "strength": denoise})
         return imaging.feathered_composite(work_image, generated, work_mask, mask_blur)
 
     def txt2img(self, prompt: str, negative: str = "", *, controls: Sequence[Control] = (),
@@ -183,7 +204,8 @@ class DiffusersHost:
                 sampler: str = "Euler a", size: tuple[int, int] = (512, 512)) -> Image.Image:
         request = _Request("txt2img", prompt, negative, tuple(controls), steps, cfg, seed, sampler,
                            check_generation_size(size))
-        return self._run(request, lora, {})
+        with self.session("txt2img"):
+            return self._run(request, lora, {})
 
     def restore_faces(self, image: Image.Image, codeformer_weight: float = 0.7) -> Image.Image:
         from portrait_core.errors import ModelUnavailableError
@@ -219,9 +241,18 @@ class DiffusersHost:
         if self._progress_callback is not None:
             self._progress_callback(step, total, text)
 
+    def session(self, job: str = "portrait studio") -> AbstractContextManager[HostSession]:
+        """This host's GPU for one caller across several calls (reentrant within a thread); other callers
+        wait. The interrupt flag is cleared when a thread's outermost session begins, so an Interrupt stops
+        every remaining call of the session it was aimed at and never the next one."""
+        return self._gpu.turn(job, on_start=self._interrupt.clear)
+
     def interrupt(self) -> None:
         """Ask the running call to stop after its current step (callable from another thread)."""
         self._interrupt.set()
+
+    def samplers(self) -> list[str]:
+        return list(SAMPLER_SCHEDULERS)
 
     def interrupted(self) -> bool:
         return self._interrupt.is_set()
@@ -230,7 +261,6 @@ class DiffusersHost:
     def _run(self, request: _Request, lora: LoraList, task_kwargs: dict) -> Image.Image:
         import torch
 
-        self._interrupt.clear()
         net_controls, image_prompt = _split_controls(request.controls)
         # Validate controls, adapter and LoRA names before any loading work.
         control_kwargs = self._control_kwargs(request.task, net_controls, request.size)

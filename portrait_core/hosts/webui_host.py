@@ -32,7 +32,7 @@ from portrait_core.errors import (
     ModelUnavailableError,
     PortraitError,
 )
-from portrait_core.hosts.base import Control, LoraList, check_generation_size, check_inpaint_inputs
+from portrait_core.hosts.base import Control, HostSession, LoraList, check_generation_size, check_inpaint_inputs
 from portrait_core.hosts.diffusers_host import LORA_NAME_CHARS
 from portrait_core.log import get_logger
 
@@ -288,28 +288,44 @@ class WebUIHost:
 
     # ---- queue lock and job ----------------------------------------------------------------------------
     @contextmanager
-    def session(self, job: str = "portrait studio") -> Iterator[None]:
+    def session(self, job: str = "portrait studio") -> Iterator[HostSession]:
         """Hold the WebUI's queue_lock and one shared.state job across several calls (e.g. both passes
         of a portrait): nothing else runs in between, and Interrupt stops the remaining calls.
         Nests within one thread; every GPU call opens one of its own when none is open."""
-        depth = getattr(self._local, "depth", 0)
-        if depth or self.caller_holds_queue_lock:
-            self._local.depth = depth + 1
-            try:
-                yield
-            finally:
-                self._local.depth = depth
+        current = getattr(self._local, "session", None)
+        if current is not None:
+            yield current
+            return
+        session = HostSession(job, self.interrupt)
+        if self.caller_holds_queue_lock:  # the WebUI's own wrapper holds the lock and runs shared.state
+            with self._active(session):
+                yield session
             return
         from modules import call_queue, shared
 
         with call_queue.queue_lock:
             shared.state.begin(job=job)
-            self._local.depth = 1
             try:
-                yield
+                with self._active(session):
+                    yield session
             finally:
-                self._local.depth = 0
                 shared.state.end()
+
+    @contextmanager
+    def _active(self, session: HostSession) -> Iterator[None]:
+        self._local.session = session
+        session._set_active(True)
+        try:
+            yield
+        finally:
+            session._set_active(False)
+            self._local.session = None
+
+    def samplers(self) -> list[str]:
+        """The WebUI's own sampler list (what its txt2img dropdown shows)."""
+        from modules import sd_samplers
+
+        return list(sd_samplers.visible_sampler_names())
 
     # ---- internals: a diffusion call -------------------------------------------------------------------
     def _prepare(self, prompt: str, controls: Sequence[Control], lora: LoraList, sampler: str,

@@ -43,28 +43,12 @@ class GenerationService:
         """Every template x seed, each result with its infotext; best identity score first per template."""
         identities = [self.identity(name) for name in params.identities]
         outputs = []
-        with host_session(self.generator.host, "portrait studio: generate"):
+        with self.generator.host.session("portrait studio: generate"):
             for name, template in templates:
                 for result in self.generator.generate(template, identities, params, template_name=name):
                     prompt = self.generator.prompt(identities[0], params)
                     outputs.append((result, infotext(result, params, prompt, self.base_model_name)))
         return outputs
-
-
-def host_session(host, job: str):
-    """The host's session (WebUIHost: its GPU lock and one progress job across all passes), if it has one.
-
-    Hosts with a session take the WebUI's queue lock themselves; callers must not hold it (it is not
-    reentrant), see `manages_gpu_lock`.
-    """
-    from contextlib import nullcontext
-
-    session = getattr(host, "session", None)
-    return session(job) if session is not None else nullcontext()
-
-
-def manages_gpu_lock(host) -> bool:
-    return getattr(host, "session", None) is not None
 
 
 def standalone_service(base_model: Path | None = None, *, root: Path | None = None, progress=None):

@@ -190,3 +190,49 @@ def test_sdxl_txt2img_and_controlled_inpaint(tiny_sdxl, portrait, face_mask):
     result = host.inpaint(portrait, face_mask, "a portrait", steps=4, denoise=0.5, seed=1,
                           controls=[Control("canny", portrait, weight=0.5)])
     assert result.size == (128, 128)
+
+
+def test_concurrent_callers_each_get_the_image_they_would_get_alone(tiny_sd15, tmp_path, portrait, face_mask):
+    """Four threads on one fresh host (loads, LoRA merges, scheduler swaps all racing) get exactly their
+    own images: the host's session lock serialises them."""
+    import threading
+
+    lora_folder = tmp_path / "Lora"
+    alone = DiffusersHost(tiny_sd15, lora_dir=lora_folder)
+    components = alone._load_components()
+    random_lora_for({"unet": components.unet, "text_encoder": components.text_encoder},
+                    lora_folder / "someone.safetensors", seed=3)
+    requests = [{"seed": 1}, {"seed": 2, "sampler": "DDIM"}, {"seed": 3, "lora": [("someone", 0.9)]},
+                {"seed": 4, "controls": [Control("canny", portrait, weight=0.8)], "sampler": "Euler"}]
+    expected = [_array(_inpaint(alone, portrait, face_mask, **request)) for request in requests]
+    shared = DiffusersHost(tiny_sd15, lora_dir=lora_folder)  # fresh: the first callers race for the load too
+    results, errors = [None] * len(requests), []
+
+    def call(index):
+        try:
+            results[index] = _array(_inpaint(shared, portrait, face_mask, **requests[index]))
+        except Exception as error:  # noqa: BLE001 - collected and reported by the assertion below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    for index, (got, want) in enumerate(zip(results, expected, strict=True)):
+        assert np.array_equal(got, want), f"request {index} differs from the same request alone"
+    assert shared.load_count == alone.load_count
+
+
+def test_a_session_interrupt_stops_only_its_own_turn(host, portrait, face_mask):
+    with host.session("first") as first:
+        assert first.interrupt()  # aimed at the running session: it stops its remaining calls
+        with pytest.raises(GenerationInterrupted):
+            _inpaint(host, portrait, face_mask)
+    assert not first.interrupt()  # over: a late cancel must not reach the next caller
+    assert _inpaint(host, portrait, face_mask).size == portrait.size
+
+
+def test_the_sampler_list_is_the_hosts_own(host):
+    assert host.samplers() == list(SAMPLER_SCHEDULERS)

@@ -6,7 +6,6 @@ import base64
 import json
 import threading
 import uuid
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -17,7 +16,6 @@ from portrait_core.config import settings
 from portrait_core.errors import PortraitError, UnusablePhotoError
 from portrait_core.generate.results import png_bytes, save_results
 from portrait_core.params import GenerateParams, StrictModel, WorkflowParams
-from portrait_core.services.generation import manages_gpu_lock
 
 MAX_TEMPLATES = 16
 
@@ -99,10 +97,7 @@ class _GenerateRoutes:
                      for index, upload in enumerate(request.templates)]
         if request.background:
             return {"job_id": self._queue(request.params, templates).id, "images": []}
-        service = self.service()
-        # A host with its own session (the WebUI's) takes the GPU lock itself, and that lock is not reentrant.
-        with nullcontext() if manages_gpu_lock(service.generator.host) else self.api.gpu_lock:
-            outputs = self._run(request.params, templates)
+        outputs = self._run(request.params, templates)  # the host owns the GPU: its session serialises callers
         return {"images": [_image_record(result, text) for result, text in outputs]}
 
     def workflow(self, request: WorkflowRequest) -> dict:
@@ -115,11 +110,10 @@ class _GenerateRoutes:
             raise HTTPException(422, str(error)) from error
         if request.background:
             return {"job_id": self._queue_workflow(runner, request.workflow, images).id, "steps": []}
-        with nullcontext() if manages_gpu_lock(runner.host) else self.api.gpu_lock:
-            try:
-                outputs = runner.run(request.workflow, images)
-            except PortraitError as error:
-                raise HTTPException(422, str(error)) from error
+        try:
+            outputs = runner.run(request.workflow, images)
+        except PortraitError as error:
+            raise HTTPException(422, str(error)) from error
         return {"steps": [_step_record(output) for output in outputs]}
 
     def _workflow_runner(self):
