@@ -211,7 +211,7 @@ def test_concurrent_callers_each_get_the_image_they_would_get_alone(tiny_sd15, t
     def call(index):
         try:
             results[index] = _array(_inpaint(shared, portrait, face_mask, **requests[index]))
-        except Exception as error:  # noqa: BLE001 - collected and reported by the assertion below
+        except Exception as error:  # collected and reported by the assertion below
             errors.append(repr(error))
 
     threads = [threading.Thread(target=call, args=(index,)) for index in range(len(requests))]
