@@ -47,14 +47,19 @@ def measure(root, crop: int, steps: int, second_steps: int) -> list[tuple[str, f
     """Cold (a new service: every model loads inside the call) then warm, for one setting."""
     from portrait_core.adapters.cli.demo import DEMO_IDENTITY, studio_template
     from portrait_core.params import GenerateParams
-    from portrait_core.services.generation import standalone_service
+    from portrait_core.services.runtime import standalone_services
+    from portrait_core.services.workspace import Workspace
 
     params = GenerateParams(identities=[DEMO_IDENTITY], seed=1, crop_size=crop, first_pass_steps=steps,
                             second_pass_steps=second_steps)
-    service = standalone_service(None, root=root)
+    services = standalone_services(Workspace.at(root.parent))  # the home whose identities/ `root` is
+    service = services.generation
     template = studio_template()
-    cold = timed_portrait(service, params, template)
-    warm = timed_portrait(service, params, template)
+    try:
+        cold = timed_portrait(service, params, template)
+        warm = timed_portrait(service, params, template)
+    finally:
+        services.close()
     label = f"{crop}px {steps}+{second_steps}"
     return [(f"{label} cold", *cold), (f"{label} warm", *warm)]
 

@@ -53,6 +53,10 @@ class IdentityError(PortraitError):
     """An identity id is not allowed (characters, length, path tricks) or names no stored identity."""
 
 
+class IdentityNotFoundError(IdentityError):
+    """No identity of that name is stored."""
+
+
 class EmbeddingMismatchError(PortraitError):
     """Two face embeddings come from different models or sizes and cannot be compared."""
 

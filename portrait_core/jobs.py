@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from portrait_core.errors import PortraitError
 from portrait_core.log import get_logger
@@ -30,6 +30,7 @@ log = get_logger("jobs")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
+PROGRESS_FIELDS = ("phase", "step", "total", "loss", "eta_s", "identity_score")
 CANCEL_GRACE_SECONDS = 10.0
 STDERR_TAIL_LINES = 15
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,8 @@ class JobNotFoundError(PortraitError):
 
 @dataclass
 class Job:
-    """A unit of GPU work. `command` is the trainer's argument list (after the launcher)."""
+    """A unit of GPU work. `command` is the trainer's argument list (after the launcher). A job is active
+    (queued or running) for every identity in `identities`; `identity` is their names for display."""
 
     id: str
     kind: str
@@ -58,9 +60,22 @@ class Job:
     progress: dict = field(default_factory=dict)
     attempts: int = 0
     in_process: bool = False
+    identities: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.identities and self.identity:  # a job file written before `identities` existed
+            self.identities = [self.identity]
+
+    @property
+    def active(self) -> bool:
+        return self.state in (QUEUED, RUNNING)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def _identity_list(identities: Sequence[str] | str) -> list[str]:
+    return [identities] if isinstance(identities, str) else list(identities)
 
 
 class JobRunner:
@@ -84,19 +99,21 @@ class JobRunner:
         self._worker.start()
 
     # ---- public API ------------------------------------------------------------------------
-    def submit(self, kind: str, identity: str, command: list[str], output_dir: Path,
+    def submit(self, kind: str, identities: Sequence[str] | str, command: list[str], output_dir: Path,
                result_path: Path | None = None) -> Job:
-        job = Job(id=uuid.uuid4().hex[:12], kind=kind, identity=identity, command=[str(c) for c in command],
-                  output_dir=str(output_dir), result_path=str(result_path) if result_path else None)
+        names = _identity_list(identities)
+        job = Job(id=uuid.uuid4().hex[:12], kind=kind, identity=", ".join(names), command=[str(c) for c in command],
+                  output_dir=str(output_dir), result_path=str(result_path) if result_path else None,
+                  identities=names)
         with self._lock:
             self._jobs[job.id] = job
             self._save(job)
             self._queue.append(job.id)
             self._wake.notify_all()
-        log.info("queued %s job %s for %s", kind, job.id, identity)
+        log.info("queued %s job %s for %s", kind, job.id, job.identity)
         return job
 
-    def submit_task(self, kind: str, identity: str, task: Callable[[TaskContext], str | None],
+    def submit_task(self, kind: str, identities: Sequence[str] | str, task: Callable[[TaskContext], str | None],
                     output_dir: Path) -> Job:
         """Queue in-process work (e.g. generation on the host's loaded models) behind the other jobs.
 
@@ -104,8 +121,9 @@ class JobRunner:
         stop when `context.cancelled()` turns true, and returns its result path (or None). A PortraitError
         fails the job with its message. In-process jobs do not survive a restart of the app.
         """
-        job = Job(id=uuid.uuid4().hex[:12], kind=kind, identity=identity, command=[], output_dir=str(output_dir),
-                  in_process=True)
+        names = _identity_list(identities)
+        job = Job(id=uuid.uuid4().hex[:12], kind=kind, identity=", ".join(names), command=[],
+                  output_dir=str(output_dir), in_process=True, identities=names)
         with self._lock:
             self._jobs[job.id] = job
             self._tasks[job.id] = task
@@ -127,6 +145,12 @@ class JobRunner:
     def jobs(self) -> list[Job]:
         with self._lock:
             return [self.get(job_id) for job_id in self._jobs]
+
+    def active_jobs(self, identity: str, kind: str | None = None) -> list[Job]:
+        """The queued or running jobs that use `identity` (a multi-identity job counts for each of them)."""
+        with self._lock:
+            return [Job(**job.to_json()) for job in self._jobs.values()
+                    if job.active and identity in job.identities and kind in (None, job.kind)]
 
     def cancel(self, job_id: str) -> Job:
         """Queued: dropped. Running: SIGTERM to its process group, SIGKILL after a grace period."""
@@ -363,3 +387,20 @@ def remove_temp_files(folder: Path) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def job_status(job: Job) -> dict:
+    """What a client sees of a job: no command line, no server paths."""
+    progress = {key: job.progress[key] for key in PROGRESS_FIELDS if key in job.progress}
+    step, total = progress.get("step"), progress.get("total")
+    if job.state == DONE:
+        fraction = 1.0
+    elif step is not None and total:
+        fraction = round(min(step / total, 1.0), 4)
+    else:
+        fraction = 0.0 if job.state == QUEUED else None
+    done_with_lora = job.kind == "train" and job.state == DONE and job.result_path
+    return {"id": job.id, "kind": job.kind, "identity": job.identity, "state": job.state, "progress": progress,
+            "fraction": fraction, "eta_s": None if job.state in FINISHED_STATES else progress.get("eta_s"),
+            "error": job.error, "lora": Path(job.result_path).stem if done_with_lora else None,
+            "created": job.created, "started": job.started, "finished": job.finished}

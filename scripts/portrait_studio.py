@@ -55,8 +55,7 @@ def apply_configuration() -> config.Settings:
                                       os.environ, shared.models_path),
         offline=resolve_offline(flag("portrait_offline", False), saved_option("portrait_offline", False),
                                 os.environ),
-        # The built-in Lora extension's --lora-dir: trained LoRAs go where the WebUI lists them.
-        lora_dir=flag("lora_dir"),
+        lora_dir=lora_folder(),
     )
     logger.info("models folder %s%s", settings.models_dir, " (offline)" if settings.offline else "")
     return settings
@@ -106,45 +105,35 @@ def on_ui_settings() -> None:
         shared.opts.add_option(key, info)
 
 
-# What the extension keeps for the life of the WebUI process: the one job runner (one training at a
-# time, shared by the tabs and the HTTP API) and the generation service on WebUIHost. Built on first use.
+# What the extension keeps for the life of the WebUI process: one PortraitServices (one job runner, one lock
+# per identity, one WebUIHost), shared by the tabs and the HTTP routes. Built on first use.
 _runtime: dict[str, object] = {}
 
 
-def job_runner():
-    if "runner" not in _runtime:
-        from portrait_core.jobs import JobRunner
-
-        _runtime["runner"] = JobRunner(config.settings().jobs_dir)
-    return _runtime["runner"]
+def lora_folder() -> Path:
+    """The built-in Lora extension's folder (--lora-dir, default models/Lora): trained LoRAs go where the WebUI
+    lists them."""
+    return Path(flag("lora_dir") or Path(shared.models_path) / "Lora")
 
 
-def generation_service():
-    if "generation" not in _runtime:
+def services():
+    if "services" not in _runtime:
         from portrait_core.hosts.webui_host import WebUIHost
-        from portrait_core.services.generation import GenerationService
+        from portrait_core.services.runtime import PortraitServices
+        from portrait_core.services.workspace import Workspace
 
-        _runtime["generation"] = GenerationService(WebUIHost(), base_model_name=shared.opts.data.get(
-            "sd_model_checkpoint", ""))
-    return _runtime["generation"]
-
-
-def checkpoint_folders() -> list[Path]:
-    """Where a client's `base_model` name is looked up: the WebUI's checkpoint folders."""
-    from modules import sd_models
-
-    folders = [getattr(shared.cmd_opts, "ckpt_dir", None), getattr(sd_models, "model_path", None)]
-    return [Path(folder) for folder in folders if folder]
+        _runtime["services"] = PortraitServices.create(
+            Workspace.from_settings(config.settings()), WebUIHost, in_webui=True,
+            # Settings → Portrait Studio → Default base checkpoint; empty: the one selected in the WebUI.
+            default_checkpoint=lambda: saved_option("portrait_base_checkpoint") or None)
+    return _runtime["services"]
 
 
 def on_app_started(demo, app) -> None:
     """Mount /sdapi/v1/portrait/ on the WebUI's server (demo is None under --nowebui)."""
-    from modules import call_queue
     from portrait_core.adapters.http.api import ApiContext, mount_api
 
-    mount_api(app, ApiContext(runner=job_runner(), api_auth=getattr(shared.cmd_opts, "api_auth", None),
-                              gpu_lock=call_queue.queue_lock, checkpoint_dirs=checkpoint_folders(),
-                              generation=generation_service))
+    mount_api(app, ApiContext(services=services(), api_auth=getattr(shared.cmd_opts, "api_auth", None)))
 
 
 def template_folders() -> list[Path]:
@@ -157,17 +146,14 @@ def template_folders() -> list[Path]:
 
 def on_ui_tabs():
     """The Portrait Studio tab: Train, Generate and Identities, on the WebUI's checkpoints and queue."""
-    from modules import call_queue, infotext_utils, sd_models
+    from modules import infotext_utils, sd_models
     from portrait_core.adapters import ui
 
     backend = ui.UiBackend(
-        runner=job_runner(), generation=generation_service, template_dirs=template_folders,
+        services(), template_dirs=template_folders,
         checkpoints=lambda: list(sd_models.checkpoints_list),
-        checkpoint_path=lambda title: sd_models.checkpoints_list[title].filename,
         # The option, not shared.sd_model: reading that can load the model.
         default_checkpoint=lambda: saved_option("portrait_base_checkpoint") or saved_option("sd_model_checkpoint"),
-        gpu_lock=call_queue.queue_lock,
-        generation_session=lambda: generation_service().generator.host.session("Portrait Studio"),
         initial_values={"generate": {"lora_weight": saved_option("portrait_lora_weight", 0.9),
                                      "codeformer_weight": saved_option("portrait_codeformer_fidelity", 0.7)}},
         webui=ui.WebUiHooks(send_to_buttons=ui.webui_send_to_buttons(infotext_utils)),

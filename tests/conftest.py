@@ -41,6 +41,14 @@ def tiny_sd15(tiny_cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd15_file(tiny_cache_dir, tiny_sd15) -> Path:
+    """The tiny SD1.5 model as one .safetensors file, the form the WebUI lists in models/Stable-diffusion."""
+    from portrait_core.models.checkpoints import export_single_file
+
+    return export_single_file(tiny_sd15, tiny_cache_dir / "exports" / "tiny-sd15.safetensors")
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl(tiny_cache_dir) -> Path:
     from portrait_core.models.tiny import ensure_tiny_sdxl
 
@@ -89,6 +97,29 @@ def lora_dir(tmp_path):
     config.configure(lora_dir=folder)
     yield folder
     config.reset()
+
+
+@pytest.fixture
+def services_at(tmp_path, tiny_sd15):
+    """Build PortraitServices on a DiffusersHost (default: the tiny model) in a private home; closed afterwards.
+
+    `services_at(identities, lora_dir=..., runner=..., home=...)`: `identities` is an identities folder to use
+    instead of `<home>/identities` (e.g. the session's prepared_obama), `lora_dir` the LoRA folder (default:
+    beside the identities), `runner` a JobRunner to share (default: one in `<home>/jobs`)."""
+    from portrait_core.services.runtime import standalone_services
+    from portrait_core.services.workspace import Workspace
+
+    made = []
+
+    def build(identities=None, *, lora_dir=None, runner=None, home=None, base_model=None, **options):
+        workspace = Workspace(Path(home or tmp_path / "home"), lora_dir, identities)
+        services = standalone_services(workspace, base_model or tiny_sd15, runner=runner, **options)
+        made.append(services)
+        return services
+
+    yield build
+    for services in made:
+        services.close()
 
 
 @pytest.fixture

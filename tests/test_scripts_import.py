@@ -46,6 +46,21 @@ def test_flags_reach_portrait_core(tmp_path):
 def test_trained_loras_go_to_the_webuis_lora_dir(tmp_path):
     with webui_started(tmp_path / "webui", ["--lora-dir", str(tmp_path / "my-loras")]):
         assert core_settings().lora_folder == tmp_path / "my-loras"
+        assert script_services().workspace.loras == tmp_path / "my-loras"
+    # Without the flag: the Lora extension's own default, models/Lora, as in the real WebUI.
+    with webui_started(tmp_path / "webui2"):
+        services = script_services()
+        assert services.workspace.loras == tmp_path / "webui2" / "models" / "Lora"
+        assert services.workspace.identities == core_settings().identities_dir
+        assert services.in_webui and services.workspace.jobs == core_settings().jobs_dir
+
+
+def script_services():
+    """The one PortraitServices the extension's script builds for the tabs and the HTTP routes."""
+    from modules import scripts
+
+    [script] = [module for path, module in scripts.loaded_modules.items() if path.endswith("portrait_studio.py")]
+    return script.services()
 
 
 def test_without_flags_models_live_in_the_webuis_models_folder(tmp_path):

@@ -22,10 +22,11 @@ PREFIX = "/sdapi/v1/portrait"
 
 
 @pytest.fixture
-def webui_app(tmp_path, tiny_sd15, webui_state_restored):
+def webui_app(tmp_path, tiny_sd15, tiny_sd15_file, webui_state_restored):
     data = tmp_path / "webui"
     (data / "models" / "Stable-diffusion").mkdir(parents=True)
-    (data / "models" / "Stable-diffusion" / "tiny-sd15").symlink_to(tiny_sd15, target_is_directory=True)
+    # The WebUI lists single files only: the tiny model as one, the WebUI's only (so its selected) checkpoint.
+    (data / "models" / "Stable-diffusion" / "tiny-sd15.safetensors").symlink_to(tiny_sd15_file)
     argv = ["--lora-dir", str(tmp_path / "loras"), "--api-auth", "ana:secret"]
     with webui_started(data, argv, environ={"PORTRAIT_HOME": str(tmp_path / "home")}) as webui:
         generation.start(generation.DiffusersBackend(tiny_sd15))
@@ -34,9 +35,9 @@ def webui_app(tmp_path, tiny_sd15, webui_state_restored):
         with TestClient(app) as client:
             client.auth = ("ana", "secret")
             yield client, tmp_path / "loras", processing_backend()
-        runner = _script_runner()
-        if runner is not None:
-            runner.close()
+        services = _script_services()
+        if services is not None:
+            services.close()
 
 
 def processing_backend():
@@ -45,12 +46,12 @@ def processing_backend():
     return processing.backend
 
 
-def _script_runner():
-    import sys
+def _script_services():
+    from modules import scripts
 
-    for name, module in sys.modules.items():
-        if name.endswith("portrait_studio.py") and hasattr(module, "_runtime"):
-            return module._runtime.get("runner")
+    for path, module in scripts.loaded_modules.items():
+        if path.endswith("portrait_studio.py"):
+            return module._runtime.get("services")
     return None
 
 
@@ -66,10 +67,12 @@ def test_train_then_generate_inside_the_webui(webui_app, shared_faces_dir):
     client, lora_dir, backend = webui_app
     assert client.get(f"{PREFIX}/version", auth=None).status_code == 401
     photos = [{"name": p.name, "data": _jpeg_b64(p)} for p in sorted(shared_faces_dir.glob("obama*.jpg"))]
-    params = {"identity": "obama", "base_model": "tiny-sd15", "max_train_steps": 4, "resolution": 64,
-              "validate_every": 2, "rank": 4, "gradient_accumulation": 1}
+    # No base_model: the WebUI's selected checkpoint is trained (never the tiny default of the standalone app).
+    params = {"identity": "obama", "max_train_steps": 4, "resolution": 64, "validate_every": 2, "rank": 4,
+              "gradient_accumulation": 1}
     response = client.post(f"{PREFIX}/train", json={"params": params, "photos": photos})
     assert response.status_code == 200, response.text
+    assert response.json()["base_model"] == "tiny-sd15.safetensors" and response.json()["notes"] == []
     job_id = response.json()["job_id"]
     deadline = time.monotonic() + 240
     while client.get(f"{PREFIX}/jobs/{job_id}").json()["state"] not in ("done", "failed", "cancelled"):
@@ -78,6 +81,8 @@ def test_train_then_generate_inside_the_webui(webui_app, shared_faces_dir):
     job = client.get(f"{PREFIX}/jobs/{job_id}").json()
     assert job["state"] == "done", job
     assert (lora_dir / "obama.safetensors").is_file(), "the LoRA must land in the WebUI's --lora-dir"
+    (listed,) = client.get(f"{PREFIX}/identities").json()["identities"]
+    assert listed["base_model"] == "tiny-sd15.safetensors" and listed["family"] == "sd15"
 
     generate = {"identities": ["obama"], "first_pass_steps": 3, "second_pass_steps": 4,
                 "crop_size": 64, "seed": 2}

@@ -180,18 +180,27 @@ class PortraitGenerator:
         x1, y1 = points.max(axis=0)
         return Face(box=(float(x0), float(y0), float(x1), float(y1)), confidence=0.0, points=points)
 
-    def _ip_adapter(self, identity: IdentityAssets, params: GenerateParams) -> list[Control]:
+    def check_ready(self, identity: IdentityAssets, params: GenerateParams) -> None:
+        """IdentityNotReadyError when this host cannot render `identity` with `params` (no LoRA and no
+        image prompt): asked before anything runs or is queued."""
+        self._ip_adapter_weight(identity, params)
+
+    def _ip_adapter_weight(self, identity: IdentityAssets, params: GenerateParams) -> float:
         weight = params.ip_adapter_weight
         if weight is None:
             weight = IP_ADAPTER_BESIDE_LORA if identity.has_lora else IP_ADAPTER_ALONE
-        if weight <= 0:
-            return []
-        if "ip_adapter" not in self.host.controlnet_models():
+        if weight > 0 and "ip_adapter" not in self.host.controlnet_models():
             raise IdentityNotReadyError(
                 f"identity {identity.id!r} has no LoRA yet and this host offers no image-prompt (IP-Adapter) "
                 f"control for a tuning-free portrait: train it first (python -m portrait_core train --id "
                 f"{identity.id})" if not identity.has_lora else
                 "an IP-Adapter weight was set but this host has no IP-Adapter model")
+        return weight
+
+    def _ip_adapter(self, identity: IdentityAssets, params: GenerateParams) -> list[Control]:
+        weight = self._ip_adapter_weight(identity, params)
+        if weight <= 0:
+            return []
         return [Control("ip_adapter", Image.fromarray(identity.reference_image), weight, preprocessed=True)]
 
     def _lora(self, identity: IdentityAssets, params: GenerateParams) -> list[tuple[str, float]]:

@@ -1,4 +1,5 @@
-"""Saving portraits: PNGs that carry their infotext (as the WebUI writes it) and results.json."""
+"""Saving results: PNGs that carry their infotext (as the WebUI writes it), results.json for portraits and
+workflow.json for workflows, and reading them back for a finished background job."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 
 from portrait_core.generate.pipeline import PortraitResult
 from portrait_core.params import GenerateParams
@@ -36,11 +37,22 @@ def _quoted(value) -> str:
 
 
 def png_bytes(result: PortraitResult, text: str) -> bytes:
+    return image_png(result.image, text)
+
+
+def image_png(image: Image.Image, text: str = "") -> bytes:
+    """PNG bytes of `image`, with `text` (when given) in its 'parameters' chunk as the WebUI writes it."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", text)
+    if text:
+        info.add_text("parameters", text)
     buffer = io.BytesIO()
-    result.image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def png_text(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as opened:
+        return opened.info.get("parameters", "")
 
 
 def save_results(results: list[tuple[PortraitResult, str]], out_dir: Path) -> Path:
@@ -56,3 +68,47 @@ def save_results(results: list[tuple[PortraitResult, str]], out_dir: Path) -> Pa
                                   for f in result.faces],
                         "seed": result.seed, "seconds": round(result.seconds, 2), "notes": result.notes})
     return atomic_write_json(out_dir / "results.json", records)
+
+
+def read_saved_portraits(results_file: Path) -> list[dict]:
+    """What `save_results` wrote, with each image's PNG bytes (`png`) and infotext."""
+    records = []
+    for record in json.loads(Path(results_file).read_text(encoding="utf-8")):
+        data = Path(record["output"]).read_bytes()
+        records.append({"template": record["template"], "seed": record["seed"], "faces": record["faces"],
+                        "png": data, "infotext": png_text(data), "notes": record.get("notes", [])})
+    return records
+
+
+def write_workflow_outputs(outputs: list, out_dir: Path) -> list[Path]:
+    """`step-NN-op[-k].png` per image (infotext in the PNG), `-<extra>.png` (e.g. the pose skeleton), and
+    workflow.json listing them; returns the image files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, records = [], []
+    for output in outputs:
+        stem = f"step-{output.index + 1:02d}-{output.op}"
+        images, extras = [], {}
+        for number, (image, text) in enumerate(zip(output.images, output.infotexts, strict=True)):
+            path = out_dir / (f"{stem}.png" if len(output.images) == 1 else f"{stem}-{number + 1}.png")
+            atomic_write_bytes(path, image_png(image, text))
+            images.append(str(path))
+        for name, image in output.extras.items():
+            path = out_dir / f"{stem}-{name}.png"
+            atomic_write_bytes(path, image_png(image))
+            extras[name] = str(path)
+        written += [Path(p) for p in (*images, *extras.values())]
+        records.append({"step": output.index, "op": output.op, "images": images, "extras": extras,
+                        "notes": output.notes})
+    atomic_write_json(out_dir / "workflow.json", records)
+    return written
+
+
+def read_saved_workflow(summary_file: Path) -> list[dict]:
+    """What `write_workflow_outputs` wrote: per step its PNGs (`pngs`), infotexts and extras (PNG bytes)."""
+    steps = []
+    for record in json.loads(Path(summary_file).read_text(encoding="utf-8")):
+        pngs = [Path(path).read_bytes() for path in record["images"]]
+        steps.append({"index": record["step"], "op": record["op"], "notes": record.get("notes", []),
+                      "pngs": pngs, "infotexts": [png_text(data) for data in pngs],
+                      "extras": {name: Path(path).read_bytes() for name, path in record.get("extras", {}).items()}})
+    return steps

@@ -7,6 +7,7 @@ ControlNet units, face restoration and upscalers.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -16,7 +17,7 @@ from typing import Callable, Protocol, Sequence, Tuple, runtime_checkable
 
 from PIL import Image
 
-from portrait_core.errors import ControlError, InputImageError
+from portrait_core.errors import CheckpointError, ControlError, InputImageError
 
 CONTROL_KINDS = ("canny", "openpose", "tile", "color", "ip_adapter", "instant_id")
 CONTROL_MODES = ("balanced", "prompt", "control")
@@ -52,6 +53,17 @@ class Control:
 
 
 LoraList = Sequence[Tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint as a host knows it: the name users see, its file (when on this machine), its model
+    family ("sd15" / "sdxl") and the WebUI's short hash (first 10 hex of its SHA-256) when known."""
+
+    name: str
+    path: Path | None
+    family: str
+    short_hash: str | None = None
 
 
 class HostSession:
@@ -148,6 +160,14 @@ class Host(Protocol):
 
     def checkpoints(self) -> list[str]: ...
 
+    def checkpoint_file(self, name: str) -> Path:
+        """The file of a checkpoint named as `checkpoints()` lists it; CheckpointError naming it otherwise."""
+        ...
+
+    def current_checkpoint(self) -> CheckpointRef | None:
+        """The checkpoint this host renders with now (None: none is loaded or selected)."""
+        ...
+
     def controlnet_models(self) -> list[str]: ...
 
     def lora_dir(self) -> Path: ...
@@ -155,6 +175,35 @@ class Host(Protocol):
     def progress(self, step: int, total: int, text: str = "") -> None: ...
 
     def interrupted(self) -> bool: ...
+
+
+_WEBUI_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,10}\]$")  # "v1-5.safetensors [6ce0161689]" as the WebUI lists it
+
+
+def find_checkpoint(name: str, folders: Sequence[Path]) -> Path:
+    """A checkpoint named by a client inside one of `folders`: a file or diffusers folder name, relative, with
+    or without `.safetensors` or the WebUI's ' [hash]'. A path, '..', a drive or an unknown name is a
+    CheckpointError naming it (a client never names a server path)."""
+    cleaned = _WEBUI_TITLE_HASH.sub("", str(name).strip())
+    parts = re.split(r"[\\/]", cleaned)
+    if cleaned.startswith(("/", "\\", "~")) or ":" in cleaned or any(p in ("", ".", "..") for p in parts):
+        raise CheckpointError(f"{name!r} is not a checkpoint name (give the name, not a path)")
+    # No '..', root or drive can appear in `parts`, so a candidate stays inside its folder (a symbolic link
+    # placed there by the server's owner, e.g. to another drive, is followed: that is their choice).
+    for folder in map(Path, folders):
+        for candidate in (folder.joinpath(*parts), folder.joinpath(*parts[:-1], parts[-1] + ".safetensors")):
+            if candidate.exists():
+                return candidate
+    raise CheckpointError(f"no checkpoint named {name!r} on this server")
+
+
+def checkpoint_short_hash(path: Path) -> str | None:
+    """The WebUI's short hash of a single-file checkpoint; of its model_index.json for a diffusers folder
+    (what the trainer records in a LoRA). Cached after the first (whole-file) hash."""
+    from portrait_core.models.checkpoints import short_hash
+
+    target = path / "model_index.json" if path.is_dir() else path
+    return short_hash(target) if target.is_file() else None
 
 
 def floor_to_8(size: tuple[int, int]) -> tuple[int, int]:

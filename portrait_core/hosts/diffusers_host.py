@@ -22,12 +22,15 @@ from PIL import Image
 from portrait_core.core import imaging
 from portrait_core.errors import CheckpointError, ControlError, GenerationInterrupted, InputImageError, LoraFileError
 from portrait_core.hosts.base import (
+    CheckpointRef,
     Control,
     HostSession,
     LoraList,
     SessionLock,
     check_generation_size,
     check_inpaint_inputs,
+    checkpoint_short_hash,
+    find_checkpoint,
 )
 from portrait_core.hosts.ip_adapter import (
     FAMILY_LABELS,
@@ -123,6 +126,7 @@ class DiffusersHost:
         self._lora_patcher = None
         self._ip_adapter = None  # LoadedIPAdapter, once a call has asked for an image prompt
         self.load_count = 0  # weight loads from disk; a warm call adds none
+        self._checkpoint_ref: CheckpointRef | None = None
 
     @classmethod
     def from_components(cls, components, *, device: str | None = None, **kwargs) -> DiffusersHost:
@@ -219,10 +223,23 @@ class DiffusersHost:
         return imaging.unsharp_upscale(image, scale)
 
     def checkpoints(self) -> list[str]:
-        found = [str(self.base_model)]
+        """The served base model, then the checkpoints in `checkpoints_dir`, by name (never a path)."""
+        found = [self.base_model.name]
         if self._checkpoints_dir and self._checkpoints_dir.is_dir():
-            found += sorted(str(p) for p in self._checkpoints_dir.glob("*.safetensors") if p != self.base_model)
-        return found
+            found += sorted(p.name for p in self._checkpoints_dir.iterdir()
+                            if p.suffix == ".safetensors" or (p / "model_index.json").is_file())
+        return list(dict.fromkeys(found))
+
+    def checkpoint_file(self, name: str) -> Path:
+        if name in (self.base_model.name, self.base_model.stem):
+            return self.base_model
+        return find_checkpoint(name, [self._checkpoints_dir] if self._checkpoints_dir else [])
+
+    def current_checkpoint(self) -> CheckpointRef:
+        if self._checkpoint_ref is None:
+            self._checkpoint_ref = CheckpointRef(self.base_model.name, self.base_model, self.family,
+                                                 checkpoint_short_hash(self.base_model))
+        return self._checkpoint_ref
 
     def controlnet_models(self) -> list[str]:
         """The control kinds this host can run now: ControlNets found, and "ip_adapter" when an

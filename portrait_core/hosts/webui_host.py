@@ -32,7 +32,14 @@ from portrait_core.errors import (
     ModelUnavailableError,
     PortraitError,
 )
-from portrait_core.hosts.base import Control, HostSession, LoraList, check_generation_size, check_inpaint_inputs
+from portrait_core.hosts.base import (
+    CheckpointRef,
+    Control,
+    HostSession,
+    LoraList,
+    check_generation_size,
+    check_inpaint_inputs,
+)
 from portrait_core.hosts.diffusers_host import LORA_NAME_CHARS
 from portrait_core.log import get_logger
 
@@ -242,6 +249,38 @@ class WebUIHost:
 
         return list(sd_models.checkpoints_list)
 
+    def checkpoint_file(self, name: str) -> Path:
+        """The file of a checkpoint as the WebUI lists it (title, name, or hash: its own aliases)."""
+        return Path(self._checkpoint_info(name).filename)
+
+    def current_checkpoint(self) -> CheckpointRef | None:
+        """The checkpoint our calls render with: `checkpoint` if given, else the one selected in the WebUI
+        (its settings' choice, else its first, as the WebUI itself picks). Read from the file's header,
+        never by loading the model. None when the WebUI has no checkpoint at all."""
+        from modules import sd_models
+        from portrait_core.models.checkpoints import inspect_checkpoint
+
+        try:
+            info = self._checkpoint_info(self.checkpoint) if self.checkpoint else sd_models.select_checkpoint()
+        except (FileNotFoundError, ModelUnavailableError):
+            return None
+        path = Path(info.filename)
+        family = self._family or inspect_checkpoint(path).base_family
+        return CheckpointRef(info.title, path, family, getattr(info, "shorthash", None))
+
+    def _checkpoint_info(self, name: str):
+        from modules import sd_models
+
+        info = sd_models.checkpoint_aliases.get(name)
+        if info is None:
+            sd_models.list_models()  # a file added since start-up
+            info = sd_models.checkpoint_aliases.get(name)
+        if info is None:
+            known = ", ".join(sd_models.checkpoints_list) or "none"
+            raise ModelUnavailableError(f"checkpoint {name!r} is not in the WebUI's list (known: {known}); "
+                                        f"put it in {sd_models.model_path}")
+        return info
+
     def controlnet_models(self) -> list[str]:
         """The control kinds this WebUI can run now (every model found, every needed annotator present)."""
         external_code = self._controlnet_api(required=False)
@@ -430,18 +469,8 @@ class WebUIHost:
     def _checkpoint_setting(self) -> dict:
         if not self.checkpoint:
             return {}
-        from modules import sd_models
-
         # process_images silently ignores an override it cannot find in checkpoint_aliases.
-        info = sd_models.checkpoint_aliases.get(self.checkpoint)
-        if info is None:
-            sd_models.list_models()  # a file added since start-up
-            info = sd_models.checkpoint_aliases.get(self.checkpoint)
-        if info is None:
-            known = ", ".join(sd_models.checkpoints_list) or "none"
-            raise ModelUnavailableError(f"checkpoint {self.checkpoint!r} is not in the WebUI's list (known: {known}); "
-                                        f"put it in {sd_models.model_path}")
-        return {"sd_model_checkpoint": info.title}
+        return {"sd_model_checkpoint": self._checkpoint_info(self.checkpoint).title}
 
     # ---- internals: LoRA ---------------------------------------------------------------------------------
     def _lora_tag(self, name, weight) -> str:

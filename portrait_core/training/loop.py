@@ -226,7 +226,8 @@ def lora_metadata(args: argparse.Namespace, setup: TrainingSetup, steps: int) ->
         "ss_num_train_images": str(setup.n_images), "ss_sd_model_name": base.name,
         "ss_output_name": args.identity, "ss_training_comment": "Portrait Studio person LoRA",
         "portrait_studio.identity": args.identity, "portrait_studio.trainer": TRAINER_VERSION,
-        "portrait_studio.base_model": base.name, "portrait_studio.base_model_hash": _model_hash(base),
+        "portrait_studio.family": family, "portrait_studio.base_model": base.name,
+        "portrait_studio.base_model_hash": _model_hash(base),
     }
 
 

@@ -20,10 +20,12 @@ from portrait_core.adapters.http.api import (
     UploadLimits,
     mount_api,
     parse_api_auth,
-    safe_photo_name,
 )
 from portrait_core.jobs import FINISHED_STATES
 from portrait_core.params import params_json_schema
+from portrait_core.services.runtime import PortraitServices, standalone_services
+from portrait_core.services.uploads import safe_photo_name
+from portrait_core.services.workspace import Workspace
 
 TRAIN = f"{API_PREFIX}/train"
 IDENTITIES = f"{API_PREFIX}/identities"
@@ -43,12 +45,23 @@ def prepared_root(tmp_path, prepared_obama) -> Path:
     return root
 
 
-def make_client(runner, root, *, tiny=None, **context) -> TestClient:
+def make_services(runner, root, *, tiny=None) -> PortraitServices:
+    """The services of a standalone server on the tiny model (clients may name it by its folder name), with
+    identities in `root` and LoRAs in the settings' LoRA folder (the `lora_dir` fixture)."""
+    from portrait_core import config
+
+    workspace = Workspace(root.parent / "home", config.settings().lora_dir, root)
+    return standalone_services(workspace, tiny, checkpoints_dir=tiny.parent if tiny is not None else None,
+                               runner=runner)
+
+
+def make_client(runner, root, *, tiny=None, services=None, **context) -> TestClient:
     app = FastAPI()
-    checkpoint_dirs = (tiny.parent,) if tiny is not None else ()
-    mount_api(app, ApiContext(runner=runner, identities_root=root, checkpoint_dirs=checkpoint_dirs,
-                              limits=context.pop("limits", LIMITS), **context))
-    return TestClient(app)
+    services = services or make_services(runner, root, tiny=tiny)
+    mount_api(app, ApiContext(services=services, limits=context.pop("limits", LIMITS), **context))
+    client = TestClient(app)
+    client.services = services
+    return client
 
 
 def train_params(tiny, **overrides) -> dict:
@@ -108,10 +121,11 @@ def test_schema_and_version(tmp_path, runner):
 
 def test_mounting_twice_replaces_the_routes(tmp_path, runner):
     app = FastAPI()
+    services = make_services(runner, tmp_path / "identities")
     for _ in range(2):
-        mount_api(app, ApiContext(runner=runner, identities_root=tmp_path))
+        mount_api(app, ApiContext(services=services))
     paths = [route.path for route in app.routes if route.path.startswith(API_PREFIX)]
-    assert len(paths) == len(set(paths)) == 7
+    assert len(paths) == len(set(paths)) == 10
 
 
 # -- auth ----------------------------------------------------------------------------------------------
@@ -282,20 +296,19 @@ def test_train_with_base64_photos_runs_to_done(tmp_path, runner, lora_dir, tiny_
     assert listed["trained_at"] and listed["active_job"] is None
 
 
-def test_train_with_multipart_waits_for_the_gpu_lock_then_runs_to_done(tmp_path, runner, lora_dir, tiny_sd15,
-                                                                      obama_photos):
+def test_train_with_multipart_waits_for_the_gpu_then_runs_to_done(tmp_path, runner, lora_dir, tiny_sd15,
+                                                                  obama_photos):
     root = tmp_path / "identities"
-    gpu_lock = threading.Lock()
-    client = make_client(runner, root, tiny=tiny_sd15, gpu_lock=gpu_lock)
+    client = make_client(runner, root, tiny=tiny_sd15)
     files = [("photos", (path.name, path.read_bytes(), "image/jpeg")) for path in obama_photos]
     responses = []
     request = threading.Thread(target=lambda: responses.append(
         client.post(TRAIN, files=files, data={"params": json.dumps(train_params(tiny_sd15))})))
-    with gpu_lock:  # a generation holds the GPU: the upload's preparation must wait for it
+    with client.services.host().session("a generation"):  # it holds the GPU: preparation must wait for it
         request.start()
         time.sleep(1.5)
         assert request.is_alive() and not responses
-        assert not (root / "obama").exists(), "prepared while the GPU lock was held"
+        assert not (root / "obama").exists(), "prepared while a generation held the GPU"
     request.join(timeout=120)
     (response,) = responses
     assert response.status_code == 200, response.text

@@ -13,9 +13,8 @@ from PIL import Image
 
 from portrait_core.adapters.http.api import ApiContext, mount_api
 from portrait_core.hosts.diffusers_host import DiffusersHost
-from portrait_core.jobs import JobRunner
-from portrait_core.services.generation import GenerationService
 from tests.lora_factory import random_lora_for
+from tests.service_factory import services_on
 
 FAST = {"identities": ["obama"], "first_pass_steps": 3, "second_pass_steps": 3, "crop_size": 128, "seed": 4}
 PREFIX = "/sdapi/v1/portrait"
@@ -28,7 +27,10 @@ def service(tiny_sd15, prepared_obama, tmp_path_factory):
     lora_dir = tmp_path_factory.mktemp("Lora")
     parts = load_components(tiny_sd15)
     random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, lora_dir / "obama.safetensors")
-    return GenerationService(DiffusersHost(tiny_sd15, lora_dir=lora_dir), root=prepared_obama)
+    services = services_on(DiffusersHost(tiny_sd15, lora_dir=lora_dir), identities=prepared_obama,
+                           home=tmp_path_factory.mktemp("home"))
+    yield services
+    services.close()
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +43,12 @@ def template_b64(shared_faces_dir):
 
 
 @pytest.fixture
-def client(tmp_path, service, prepared_obama):
-    runner = JobRunner(tmp_path / "jobs")
+def client(service):
     app = FastAPI()
-    mount_api(app, ApiContext(runner=runner, identities_root=prepared_obama, api_auth="ana:secret",
-                              generation=lambda: service))
+    mount_api(app, ApiContext(services=service, api_auth="ana:secret"))
     with TestClient(app) as test_client:
         test_client.auth = ("ana", "secret")
         yield test_client
-    runner.close()
 
 
 def _decode(data: str) -> Image.Image:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -27,6 +28,7 @@ from portrait_core.adapters.ui.train import latest_identity_score, progress_html
 from portrait_core.jobs import FINISHED_STATES, JobRunner
 from portrait_core.params import GenerateParams, TrainParams
 from tests.lora_factory import random_lora_for
+from tests.service_factory import services_on
 
 FAST_TRAINING = {"max-train-steps": 6, "resolution": 64, "validate-every": 3, "rank": 4, "alpha": 2.0,
                  "gradient-accumulation": 1, "learning-rate": 1e-3}
@@ -161,21 +163,28 @@ def template_dir(tmp_path_factory, shared_faces_dir) -> Path:
 def service(tiny_sd15, prepared_obama, tmp_path_factory):
     from portrait_core.hosts.diffusers_host import DiffusersHost
     from portrait_core.models.checkpoints import load_components
-    from portrait_core.services.generation import GenerationService
 
     lora_folder = tmp_path_factory.mktemp("Lora")
     parts = load_components(tiny_sd15)
     random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, lora_folder / "obama.safetensors")
-    return GenerationService(DiffusersHost(tiny_sd15, lora_dir=lora_folder), root=prepared_obama)
+    services = services_on(DiffusersHost(tiny_sd15, lora_dir=lora_folder), identities=prepared_obama,
+                           home=tmp_path_factory.mktemp("home"))
+    yield services
+    services.close()
 
 
-def make_backend(runner, root, **options) -> ui.UiBackend:
-    def no_generation():
-        raise AssertionError("this test does not generate")
+def make_backend(runner, root, *, services=None, tiny=None, **options) -> ui.UiBackend:
+    """The tabs on `services`, else on standalone services (the tiny model, lazily) with identities in `root`,
+    LoRAs in the settings' LoRA folder and `runner` as their job runner."""
+    if services is None:
+        from portrait_core import config
+        from portrait_core.services.runtime import standalone_services
+        from portrait_core.services.workspace import Workspace
 
-    defaults = {"generation": no_generation, "identities_root": root, "checkpoints": list,
-                "template_dirs": list, "poll_seconds": 0.1}
-    return ui.UiBackend(runner=runner, **(defaults | options))
+        workspace = Workspace(root.parent / "home", config.settings().lora_dir, root)
+        services = standalone_services(workspace, tiny, runner=runner)
+    defaults = {"checkpoints": list, "template_dirs": list, "poll_seconds": 0.1}
+    return ui.UiBackend(services, **(defaults | options))
 
 
 def set_fields(page: Page, prefix: str, values: dict) -> None:
@@ -211,10 +220,6 @@ def test_webui_blocks_offer_send_to_img2img_inpaint_and_extras(runner, tmp_path)
         assert binding.paste_button.elem_id == f"portrait-send-to-{binding.tabname}"
     # The WebUI's send-to script finds the selected image in galleries whose id ends in "_gallery".
     assert gallery.elem_id.endswith("_gallery")
-    # Without a checkpoint the trainer would take the tiny test model: in the WebUI that is refused.
-    page.set("portrait-train-identity", "ana")
-    page.trigger("portrait-train-start")
-    assert "Base checkpoint (base_model): choose" in text_of(page.get("portrait-train-message"))
 
 
 def test_advanced_widgets_are_the_model_fields_with_their_defaults_and_ranges():
@@ -276,7 +281,7 @@ def trained(tmp_path_factory, tiny_sd15, shared_faces_dir):
     home = tmp_path_factory.mktemp("train-tab")
     config.configure(lora_dir=home / "Lora")
     runner = JobRunner(home / "jobs")
-    backend = make_backend(runner, home / "identities", checkpoints=lambda: [str(tiny_sd15)])
+    backend = make_backend(runner, home / "identities", tiny=tiny_sd15, checkpoints=lambda: [tiny_sd15.name])
     page = Page(ui.build_ui(backend))
     photos = [*sorted(shared_faces_dir.glob("obama*.jpg")), shared_faces_dir / "biden.jpg"]
     page.set("portrait-train-photos", uploaded(*photos))
@@ -317,7 +322,7 @@ def test_identities_tab_lists_renames_then_deletes_after_confirmation(trained):
     table = page.get("portrait-identities-table")
     [row] = table
     assert row[0] == "obama" and row[1].endswith("UTC") and row[3].endswith("MB") and row[5] == "ready"
-    assert row[2] == Path(trained.backend.checkpoints()[0]).name
+    assert row[2] == f"{trained.backend.checkpoints()[0]} (SD1.5)"  # the base it was trained on, and its family
     assert [caption for _, caption in page.get("portrait-identities-faces")] == ["obama"]
     page.trigger("portrait-identities-delete")
     assert page.prop("portrait-identities-confirm", "visible") is True
@@ -400,7 +405,7 @@ def test_leaving_the_name_field_says_at_once_what_is_wrong_or_that_it_exists(run
 
 def test_generate_ranks_results_by_identity_score_with_the_score_in_each_caption(runner, service, prepared_obama,
                                                                                  template_dir):
-    backend = make_backend(runner, prepared_obama, generation=lambda: service,
+    backend = make_backend(runner, prepared_obama, services=service,
                            template_dirs=lambda: [template_dir])
     page = Page(ui.build_ui(backend))
     assert page.get("portrait-generate-face-1") == "obama"
@@ -421,7 +426,7 @@ def test_generate_ranks_results_by_identity_score_with_the_score_in_each_caption
 
 
 def test_generate_says_what_is_missing_instead_of_failing(runner, service, prepared_obama, template_dir):
-    backend = make_backend(runner, prepared_obama, generation=lambda: service, template_dirs=lambda: [template_dir])
+    backend = make_backend(runner, prepared_obama, services=service, template_dirs=lambda: [template_dir])
     page = Page(ui.build_ui(backend))
     page.trigger("portrait-generate-start")
     assert "click a template in the gallery" in text_of(page.get("portrait-generate-message"))
@@ -576,8 +581,9 @@ def test_the_standalone_page_in_a_real_browser(request, browser, service, identi
                              tmp_path / "run")
     app = FastAPI()
     fast = {"first_pass_steps": 3, "second_pass_steps": 3, "crop_size": 128, "seed": 4}
-    ui.mount_standalone(app, runner=runner, generation=lambda: service, identities_root=identities_root,
-                        template_dirs=lambda: [template_dir], initial_values={"generate": fast})
+    services = services_on(service.host(), identities=identities_root, home=tmp_path / "home", runner=runner,
+                           analyzer=service.generation.generator.analyzer)
+    ui.mount_standalone(app, services, template_dirs=lambda: [template_dir], initial_values={"generate": fast})
     too_small = tmp_path / "tiny.png"
     Image.new("RGB", (40, 40), "gray").save(too_small)
     with served(app) as url:
@@ -645,7 +651,7 @@ def test_workflows_tab_runs_a_pose_transfer_and_shows_every_step(runner, tmp_pat
 
     from portrait_core.adapters.ui.workflows import POSE_IMAGE, PRESETS, run_workflow
 
-    backend = make_backend(runner, tmp_path / "identities", generation=lambda: service)
+    backend = make_backend(runner, tmp_path / "identities", services=service)
     flow = json.loads(json.dumps(PRESETS["Pose transfer"]))
     flow["steps"][0].update(steps=2, width=64, height=64, seed=1)
     pose = Image.open(shared_faces_dir / "obama3.jpg").convert("RGB")
@@ -660,3 +666,121 @@ def test_workflows_tab_runs_a_pose_transfer_and_shows_every_step(runner, tmp_pat
     assert "pose_image" in refused and POSE_IMAGE in refused
     _, _, invalid = run_workflow(backend, '{"steps": [{"op": "teleport"}]}', None, None)
     assert "unknown op" in invalid
+
+
+# -- one core behind the tabs and the HTTP API ----------------------------------------------------------------
+
+def test_the_tab_and_the_api_cannot_both_start_a_training_of_one_identity(tmp_path, tiny_sd15, shared_faces_dir):
+    """A click and an API call at the same moment: one training is queued, the other is told which job holds
+    the identity, and the identity keeps the winner's photos (never a mix)."""
+    import json
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from portrait_core.adapters.http.api import API_PREFIX, ApiContext, mount_api
+    from portrait_core.services.runtime import standalone_services
+    from portrait_core.services.workspace import Workspace
+
+    services = standalone_services(Workspace.at(tmp_path / "home"), tiny_sd15)
+    try:
+        page = Page(ui.build_ui(ui.UiBackend(services, checkpoints=list, template_dirs=list, poll_seconds=0.1)))
+        app = FastAPI()
+        mount_api(app, ApiContext(services=services))
+        client = TestClient(app)
+        obama = sorted(shared_faces_dir.glob("obama*.jpg"))
+        page.set("portrait-train-photos", uploaded(*obama))  # the tab sends five photos ...
+        page.set("portrait-train-identity", "ana")
+        set_fields(page, "train", FAST_TRAINING)
+        files = [("photos", (p.name, p.read_bytes(), "image/jpeg")) for p in obama[:3]]  # ... the API three
+        params = {"identity": "ana", "max_train_steps": 6, "resolution": 64, "validate_every": 3, "rank": 4,
+                  "gradient_accumulation": 1}
+        both_ready, answers = threading.Barrier(2), {}
+
+        def click() -> None:
+            both_ready.wait()
+            page.trigger("portrait-train-start")
+            answers["tab"] = text_of(page.get("portrait-train-message"))
+
+        def call() -> None:
+            both_ready.wait()
+            answers["api"] = client.post(f"{API_PREFIX}/train", files=files, data={"params": json.dumps(params)})
+
+        threads = [threading.Thread(target=click), threading.Thread(target=call)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        [job] = services.runner.jobs()
+        api_won = answers["api"].status_code == 200
+        if api_won:
+            assert answers["api"].json()["job_id"] == job.id
+            assert "Training not started" in answers["tab"] and f"job {job.id}" in answers["tab"], answers["tab"]
+        else:
+            assert answers["api"].status_code == 409 and job.id in answers["api"].text, answers["api"].text
+            assert f"Training of 'ana' queued (job {job.id})" in answers["tab"], answers["tab"]
+        photos = services.identities.info("ana").photos
+        assert photos == (3 if api_won else 5), "the refused door's photos replaced the accepted ones"
+    finally:
+        services.close()
+
+
+def test_two_api_generations_a_background_job_and_a_tab_click_at_once_each_get_their_own_image(
+        service, template_dir):
+    """serve's four callers on one DiffusersHost at the same time: each gets the image it gets alone."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from portrait_core.adapters.http.api import API_PREFIX
+    from portrait_core.adapters.standalone import create_app
+
+    template = Image.open(template_dir / "biden.jpg").convert("RGB")
+    fast = {"identities": ["obama"], "first_pass_steps": 3, "second_pass_steps": 3, "crop_size": 128}
+    alone = {seed: np.asarray(service.generation.generate(GenerateParams(**fast, seed=seed),
+                                                          [("biden.jpg", template)])[0][0].image)
+             for seed in (4, 5, 6, 7)}
+    client = TestClient(create_app(services=service, with_ui=False).app)
+    page = Page(ui.build_ui(ui.UiBackend(service, template_dirs=lambda: [template_dir], checkpoints=list)))
+    page.select("portrait-template-gallery", 0)
+    set_fields(page, "generate", FAST_GENERATION | {"seed": 7})
+    data = base64.b64encode((template_dir / "biden.jpg").read_bytes()).decode("ascii")
+    start, got, errors = threading.Barrier(4), {}, []
+
+    def post(seed: int, background: bool = False) -> None:
+        start.wait()
+        response = client.post(f"{API_PREFIX}/generate", json={
+            "params": fast | {"seed": seed}, "templates": [{"name": "biden.jpg", "data": data}],
+            "background": background})
+        if response.status_code != 200:
+            errors.append(response.text)
+            return
+        if background:
+            job = service.runner.wait(response.json()["job_id"], timeout=300)
+            if job.state != "done":
+                errors.append(job.error)
+                return
+            response = client.get(f"{API_PREFIX}/jobs/{job.id}/results")
+        image = response.json()["images"][0]["image"]
+        got[seed] = np.asarray(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB"))
+
+    def click() -> None:
+        start.wait()
+        page.trigger("portrait-generate-start")
+        [(image, _)] = page.get("portrait-results_gallery") or [(None, None)]
+        if image is None:
+            errors.append(text_of(page.get("portrait-generate-message")))
+        else:
+            got[7] = np.asarray(image.convert("RGB"))
+
+    threads = [threading.Thread(target=post, args=(4,)), threading.Thread(target=post, args=(5,)),
+               threading.Thread(target=post, args=(6, True)), threading.Thread(target=click)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert errors == []
+    assert sorted(got) == [4, 5, 6, 7]
+    for seed, image in got.items():
+        assert np.array_equal(image, alone[seed]), f"seed {seed} differs from the same request alone"

@@ -19,9 +19,9 @@ from portrait_core.generate.pipeline import TemplateError
 from portrait_core.generate.results import save_results
 from portrait_core.hosts.diffusers_host import DiffusersHost
 from portrait_core.params import GenerateParams
-from portrait_core.services.generation import GenerationService
 from tests.conftest import REPO_ROOT
 from tests.lora_factory import random_lora_for
+from tests.service_factory import services_on
 
 FAST = {"first_pass_steps": 4, "second_pass_steps": 4, "crop_size": 128, "seed": 5}
 
@@ -46,8 +46,11 @@ def lora_dir(tmp_path_factory, tiny_sd15):
 
 
 @pytest.fixture(scope="module")
-def service(tiny_sd15, lora_dir, prepared_obama, analyzer):
-    return GenerationService(DiffusersHost(tiny_sd15, lora_dir=lora_dir), analyzer=analyzer, root=prepared_obama)
+def service(tiny_sd15, lora_dir, prepared_obama, analyzer, tmp_path_factory):
+    services = services_on(DiffusersHost(tiny_sd15, lora_dir=lora_dir), analyzer=analyzer, identities=prepared_obama,
+                           home=tmp_path_factory.mktemp("home"))
+    yield services.generation
+    services.close()
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +140,8 @@ def test_too_few_faces_for_the_identities(service, biden):
 def test_missing_identity_and_missing_lora_say_what_to_do(service, biden, prepared_obama, tmp_path, lora_dir):
     with pytest.raises(IdentityError, match="ghost"):
         service.generate(GenerateParams(identities=["ghost"], **FAST), [("t", biden)])
-    untrained = GenerationService(DiffusersHost(service.generator.host.base_model, lora_dir=tmp_path),
-                                  analyzer=service.generator.analyzer, root=prepared_obama)
+    untrained = services_on(DiffusersHost(service.generator.host.base_model, lora_dir=tmp_path),
+                            analyzer=service.generator.analyzer, identities=prepared_obama, home=tmp_path).generation
     with pytest.raises(IdentityNotReadyError, match="train it first"):
         untrained.generate(GenerateParams(identities=["obama"], **FAST), [("t", biden)])
 
@@ -160,17 +163,16 @@ def test_batch_is_ranked_by_identity_score_and_saved_with_infotext(service, bide
 
 
 def test_generate_command_writes_images_and_results(prepared_obama, lora_dir, tiny_sd15, shared_faces_dir, tmp_path):
-    env = os.environ | {"PORTRAIT_HOME": str(tmp_path / "home")}
-    env.pop("PORTRAIT_CACHE_DIR", None)
-    # The CLI looks for LoRAs in the settings' LoRA folder: the identities root when standalone.
-    root = tmp_path / "identities"
     import shutil
 
-    shutil.copytree(prepared_obama, root)
-    shutil.copy(lora_dir / "obama.safetensors", root / "obama.safetensors")
-    env["PORTRAIT_HOME"] = str(tmp_path)
+    env = os.environ | {"PORTRAIT_HOME": str(tmp_path / "elsewhere")}
+    env.pop("PORTRAIT_CACHE_DIR", None)
+    # --root names a home: its identities, and (standalone) the LoRAs beside them.
+    home = tmp_path / "home"
+    shutil.copytree(prepared_obama, home / "identities")
+    shutil.copy(lora_dir / "obama.safetensors", home / "identities" / "obama.safetensors")
     result = subprocess.run(
-        [sys.executable, "-m", "portrait_core", "generate", "--id", "obama", "--root", str(root),
+        [sys.executable, "-m", "portrait_core", "generate", "--id", "obama", "--root", str(home),
          "--template", str(shared_faces_dir / "biden.jpg"), "--out", str(tmp_path / "out"), "--seed", "3",
          "--base-model", str(tiny_sd15), "--steps", "4", "--crop-size", "128"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -206,7 +208,7 @@ def test_identity_without_a_lora_renders_tuning_free_through_the_image_prompt(
 
     adapter = ensure_tiny_ip_adapter("sd15", cache_dir=tiny_cache_dir)
     host = DiffusersHost(tiny_sd15, lora_dir=tmp_path, ip_adapter=adapter)
-    untrained = GenerationService(host, analyzer=analyzer, root=prepared_obama)
+    untrained = services_on(host, analyzer=analyzer, identities=prepared_obama, home=tmp_path).generation
     result = untrained.generate(GenerateParams(identities=["obama"], **FAST), [("biden.jpg", biden)])[0][0]
     assert result.image.size == biden.size
     assert host.load_count >= 3, "the IP-Adapter (weights + image encoder) was loaded and used"

@@ -162,14 +162,15 @@ def test_an_identity_puts_its_own_face_and_lora_into_a_pose(tiny_sd15, tiny_cach
                                                            tmp_path):
     from portrait_core.models.checkpoints import load_components
     from portrait_core.models.tiny import ensure_tiny_ip_adapter
-    from portrait_core.services.generation import GenerationService
     from tests.lora_factory import random_lora_for
+    from tests.service_factory import services_on
 
     parts = load_components(tiny_sd15)
     random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, tmp_path / "obama.safetensors")
     adapter = ensure_tiny_ip_adapter("sd15", cache_dir=tiny_cache_dir)
     host = DiffusersHost(tiny_sd15, lora_dir=tmp_path, ip_adapter=adapter)
-    runner = WorkflowRunner(host, generation=GenerationService(host, root=prepared_obama))
+    services = services_on(host, identities=prepared_obama, home=tmp_path / "home")
+    runner = WorkflowRunner(host, generation=services.generation)
     workflow = WorkflowParams(steps=[{"op": "image_prompt_pose", "identity": "obama", "pose_image": "pose.jpg",
                                       "steps": 2, "width": 64, "height": 64, "seed": 3}])
     [output] = runner.run(workflow, {"pose.jpg": standing})

@@ -349,13 +349,14 @@ def test_cli_with_nothing_usable_exits_non_zero_and_says_what_to_upload(tmp_path
     (photos / "scan.jpg").write_bytes(b"%PDF-1.4 not really a photo")
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(
         photos / "noise.png")
-    result = _cli(["preprocess", str(photos), "--id", "nobody", "--root", str(tmp_path / "ids")], tmp_path)
+    result = _cli(["preprocess", str(photos), "--id", "nobody", "--root", str(tmp_path / "home")], tmp_path)
     assert result.returncode == 1
     assert "no usable photo among 2" in result.stderr and "Upload 5 to 20 photos" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert "not a picture: the file is a PDF document" in result.stdout
-    assert (tmp_path / "ids" / "nobody" / "report.json").is_file()
-    assert not (tmp_path / "ids" / "nobody" / "dataset").exists()
+    identity = tmp_path / "home" / "identities" / "nobody"  # --root is the home
+    assert (identity / "report.json").is_file()
+    assert not (identity / "dataset").exists()
 
 
 def test_cli_refuses_a_bad_id_and_a_missing_folder(tmp_path):

@@ -10,8 +10,10 @@ import torch
 from safetensors import safe_open
 
 from portrait_core.errors import IdentityError
+from portrait_core.jobs import JobRunner
 from portrait_core.models.lora import LoraLayer, write_lora_file
-from portrait_core.services.identities import rename_identity
+from portrait_core.services.identities import IdentityService
+from portrait_core.services.workspace import Workspace
 
 
 @pytest.fixture
@@ -24,15 +26,25 @@ def identities(tmp_path, prepared_obama):
     return root, loras
 
 
+@pytest.fixture
+def identity_service(tmp_path, identities):
+    """The IdentityService every door renames through, on this root and LoRA folder."""
+    root, loras = identities
+    runner = JobRunner(tmp_path / "jobs")
+    yield IdentityService(Workspace(tmp_path / "home", loras, root), runner)
+    runner.close()
+
+
+
 def _snapshot(*folders):
     return sorted(str(p.relative_to(f)) for f in folders for p in f.rglob("*"))
 
 
-def test_rename_moves_folder_lora_and_manifest_and_keeps_the_trigger(identities):
+def test_rename_moves_folder_lora_and_manifest_and_keeps_the_trigger(identities, identity_service):
     from portrait_core.generate.identity import load_identity
 
     root, loras = identities
-    assert rename_identity("obama", "barack", root=root, lora_folder=loras) == ["folder", "lora"]
+    assert identity_service.rename("obama", "barack") == ["folder", "lora"]
     assert not (root / "obama").exists() and (root / "barack" / "dataset").is_dir()
     assert not (loras / "obama.safetensors").exists()
     with safe_open(str(loras / "barack.safetensors"), "pt") as handle:
@@ -45,28 +57,28 @@ def test_rename_moves_folder_lora_and_manifest_and_keeps_the_trigger(identities)
 
 
 @pytest.mark.parametrize("new", ["../escape", "bad name", "obama2/x", ""])
-def test_bad_new_names_change_nothing(identities, new):
+def test_bad_new_names_change_nothing(identities, identity_service, new):
     root, loras = identities
     before = _snapshot(root, loras)
     with pytest.raises(IdentityError):
-        rename_identity("obama", new, root=root, lora_folder=loras)
+        identity_service.rename("obama", new)
     assert _snapshot(root, loras) == before
 
 
-def test_a_taken_name_or_a_missing_identity_change_nothing(identities):
+def test_a_taken_name_or_a_missing_identity_change_nothing(identities, identity_service):
     root, loras = identities
     (loras / "taken.safetensors").write_bytes(b"someone else's LoRA")
     before = _snapshot(root, loras)
     with pytest.raises(IdentityError, match="already exists"):
-        rename_identity("obama", "taken", root=root, lora_folder=loras)
+        identity_service.rename("obama", "taken")
     with pytest.raises(IdentityError, match="no identity 'ghost'"):
-        rename_identity("ghost", "casper", root=root, lora_folder=loras)
+        identity_service.rename("ghost", "casper")
     assert _snapshot(root, loras) == before
 
 
-def test_a_lora_we_did_not_train_stays_where_it_is(identities):
-    root, loras = identities
+def test_a_lora_we_did_not_train_stays_where_it_is(identities, identity_service):
+    _, loras = identities
     (loras / "obama.safetensors").unlink()
     write_lora_file(loras / "obama.safetensors", {"lora_unet_x": LoraLayer(torch.ones(2, 3), torch.ones(4, 2), 1.0)})
-    assert rename_identity("obama", "barack", root=root, lora_folder=loras) == ["folder"]
+    assert identity_service.rename("obama", "barack") == ["folder"]
     assert (loras / "obama.safetensors").is_file() and not (loras / "barack.safetensors").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,17 +80,26 @@ def test_train_command_rejects_unsafe_ids(command, tmp_path):
 
 
 def test_train_command_prepares_trains_and_prints_the_lora(shared_faces_dir, tmp_path, tiny_sd15):
+    """`--root` is a whole home: identity, LoRA and jobs of one root never touch another's or the default's."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("obama.jpg", "obama2.jpg", "biden.jpg"):
         (photos / name).write_bytes((shared_faces_dir / name).read_bytes())
-    env = os.environ | {"PORTRAIT_HOME": str(tmp_path / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "portrait_core", "train", "--id", "obama", "--photos", str(photos),
-         "--base-model", str(tiny_sd15), "--max-steps", "4", "--validate-every", "2", "--resolution", "64",
-         "--rank", "4"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    lora = tmp_path / "home" / "identities" / "obama.safetensors"
-    assert f"LoRA: {lora}" in result.stdout and lora.is_file()
-    assert "prepared 2 of 3 photos" in result.stdout
-    assert "step 4/4" in result.stdout
+    env = os.environ | {"PORTRAIT_HOME": str(tmp_path / "default-home")}
+    loras = {}
+    for root, steps in ((tmp_path / "a", 4), (tmp_path / "b", 2)):
+        result = subprocess.run(
+            [sys.executable, "-m", "portrait_core", "train", "--id", "obama", "--photos", str(photos),
+             "--root", str(root), "--base-model", str(tiny_sd15), "--max-steps", str(steps), "--validate-every",
+             "2", "--resolution", "64", "--rank", "4"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+            timeout=300, check=False)
+        assert result.returncode == 0, result.stderr
+        lora = root / "identities" / "obama.safetensors"
+        assert f"LoRA: {lora}" in result.stdout and lora.is_file()
+        assert "prepared 2 of 3 photos" in result.stdout and f"step {steps}/{steps}" in result.stdout
+        [job_file] = (root / "jobs").glob("*.json")
+        assert json.loads(job_file.read_text())["result_path"] == str(lora)
+        loras[root] = lora.read_bytes()
+    assert loras[tmp_path / "a"] != loras[tmp_path / "b"], "the second root overwrote the first one's LoRA"
+    assert not (tmp_path / "default-home" / "identities").exists()
+    assert not list((tmp_path / "default-home").glob("jobs/*.json"))

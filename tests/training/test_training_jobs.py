@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 
 from portrait_core.hosts.diffusers_host import DiffusersHost
-from portrait_core.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner
+from portrait_core.jobs import CANCELLED, DONE, FAILED, JobRunner
 from portrait_core.params import TrainParams
-from portrait_core.services.training import start_training
+from portrait_core.services.identities import IdentityBusyError
 
 KOHYA_KEY = r"lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)"
 
@@ -24,6 +25,11 @@ def _params(**overrides) -> TrainParams:
     values = {"identity": "obama", "max_train_steps": 20, "resolution": 64, "validate_every": 10, "rank": 4,
               "alpha": 2.0, "gradient_accumulation": 1, "learning_rate": 1e-3}
     return TrainParams(**(values | overrides))
+
+
+def _start(services_at, runner, root, lora_dir, params: TrainParams):
+    """Queue a training through the TrainingService, as every door does (the tiny model is the served one)."""
+    return services_at(root, lora_dir=lora_dir, runner=runner).training.start(params).job
 
 
 def _progress(job) -> list[dict]:
@@ -40,14 +46,14 @@ def _wait_for(condition, timeout=120.0):
     raise AssertionError("condition not reached in time")
 
 
-def test_full_run_makes_a_kohya_lora_that_changes_the_image(prepared_obama, runner, lora_dir, tiny_sd15):
+def test_full_run_makes_a_kohya_lora_that_changes_the_image(prepared_obama, runner, lora_dir, services_at,
+                                                            tiny_sd15):
     import re
 
-    first = start_training(runner, _params(base_model=str(tiny_sd15)), root=prepared_obama)
-    second = start_training(runner, _params(base_model=str(tiny_sd15), max_train_steps=2, validate_every=2),
-                            root=prepared_obama)
-    _wait_for(lambda: runner.get(first.id).state == RUNNING)
-    assert runner.get(second.id).state == QUEUED, "two trainings ran at once"
+    first = _start(services_at, runner, prepared_obama, lora_dir, _params())
+    with pytest.raises(IdentityBusyError, match=f"job {first.id}"):  # one training per identity, whoever asks
+        _start(services_at, runner, prepared_obama, lora_dir, _params(max_train_steps=2, validate_every=2))
+    assert [job.id for job in runner.jobs()] == [first.id]
     job = runner.wait(first.id, timeout=300)
     assert job.state == DONE, job.error
     lora = Path(job.result_path)
@@ -68,15 +74,13 @@ def test_full_run_makes_a_kohya_lora_that_changes_the_image(prepared_obama, runn
     styled = np.asarray(host.txt2img("a photo of obama", steps=3, size=(64, 64), seed=3,
                                      lora=[("obama", 1.0)]), dtype=float)
     assert np.abs(plain - styled).mean() > 0.5
-    assert runner.wait(second.id, timeout=300).state == DONE
 
 
-def test_cancel_keeps_the_previous_lora_and_leaves_no_temp_files(prepared_obama, runner, lora_dir, tiny_sd15):
+def test_cancel_keeps_the_previous_lora_and_leaves_no_temp_files(prepared_obama, runner, lora_dir, services_at):
     lora_dir.mkdir(parents=True)
     previous = lora_dir / "obama.safetensors"
     previous.write_bytes(b"the LoRA from last week")
-    job = start_training(runner, _params(base_model=str(tiny_sd15), max_train_steps=2000, validate_every=3),
-                         root=prepared_obama)
+    job = _start(services_at, runner, prepared_obama, lora_dir, _params(max_train_steps=2000, validate_every=3))
     _wait_for(lambda: any(r.get("phase") == "checkpoint" for r in _safe_progress(runner, job.id)))
     started = time.monotonic()
     runner.cancel(job.id)
@@ -96,18 +100,17 @@ def _safe_progress(runner, job_id):
     return _progress(job) if path.is_file() else []
 
 
-def test_trainer_crash_reports_the_trainers_own_message(prepared_obama, tmp_path, runner, lora_dir, tiny_sd15):
+def test_trainer_crash_reports_the_trainers_own_message(prepared_obama, tmp_path, runner, lora_dir, services_at):
     root = tmp_path / "broken-root"
     shutil.copytree(prepared_obama, root)
     (root / "obama" / "dataset" / "images" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    job = runner.wait(start_training(runner, _params(base_model=str(tiny_sd15)), root=root).id, timeout=300)
+    job = runner.wait(_start(services_at, runner, root, lora_dir, _params()).id, timeout=300)
     assert job.state == FAILED
     assert "0001.png" in job.error and "failed to obtain" not in job.error.lower()
 
 
-def test_killed_trainer_resumes_from_its_checkpoint(prepared_obama, runner, lora_dir, tiny_sd15):
-    job = start_training(runner, _params(base_model=str(tiny_sd15), max_train_steps=30, validate_every=10),
-                         root=prepared_obama)
+def test_killed_trainer_resumes_from_its_checkpoint(prepared_obama, runner, lora_dir, services_at):
+    job = _start(services_at, runner, prepared_obama, lora_dir, _params(max_train_steps=30, validate_every=10))
     checkpoint = lambda: list(Path(runner.get(job.id).output_dir).glob("checkpoint-10.safetensors"))  # noqa: E731
     _wait_for(checkpoint)
     os.killpg(runner._process.pid, signal.SIGKILL)  # a crash: no chance to clean up
@@ -121,10 +124,9 @@ def test_killed_trainer_resumes_from_its_checkpoint(prepared_obama, runner, lora
     assert first_step_after == 11
 
 
-def test_jobs_survive_a_restart_of_the_runner(tmp_path, prepared_obama, lora_dir, tiny_sd15):
+def test_jobs_survive_a_restart_of_the_runner(tmp_path, prepared_obama, lora_dir, services_at, tiny_sd15):
     first_runner = JobRunner(tmp_path / "jobs")
-    job = start_training(first_runner, _params(base_model=str(tiny_sd15), max_train_steps=12, validate_every=6),
-                         root=prepared_obama)
+    job = _start(services_at, first_runner, prepared_obama, lora_dir, _params(max_train_steps=12, validate_every=6))
     _wait_for(lambda: list(Path(first_runner.get(job.id).output_dir).glob("checkpoint-6.safetensors")))
     first_runner.close()  # the app shuts down mid-training
     second_runner = JobRunner(tmp_path / "jobs")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 
-from portrait_core import config
 from portrait_core.log import get_logger
 
 log = get_logger("demo")
@@ -63,22 +62,24 @@ def studio_template() -> Image.Image:
 
 def run_demo(out_dir: Path, base_model: Path | None = None, size: int = 256, steps: int = 30,
              seed: int = 1) -> int:
-    """The whole product in one go; writes `index.html` and `contact_sheet.png` into `out_dir`."""
-    from portrait_core.services.training import resolve_base_model
+    """The whole product in one go; writes `index.html` and `contact_sheet.png` into `out_dir`, which is the
+    demo's Portrait Studio home (identities, LoRA and jobs all stay inside it)."""
+    from portrait_core.services.runtime import standalone_services
+    from portrait_core.services.workspace import Workspace
 
     started = time.perf_counter()
-    if base_model is not None:
-        base_model = resolve_base_model(base_model)  # a wrong path fails here, before anything is written
     out_dir = Path(out_dir).resolve()
-    root = out_dir / "identities"
-    config.configure(lora_dir=root)
+    services = standalone_services(Workspace.at(out_dir), base_model)  # a wrong path fails here, before any write
     if base_model is None:
         print("No --base-model: using the tiny local model. It shows every stage running; its random "
               "weights paint noise, not a face. Pass --base-model PATH (an SD1.5 checkpoint) for real pixels.")
-    photos = write_sample_photos(out_dir / "photos")
-    report = _prepare(out_dir / "photos", root)
-    lora = _train(root, base_model, steps=steps, resolution=min(size, 512), jobs_dir=out_dir / "jobs")
-    portraits = _generate(root, base_model, size=size, seed=seed, out=out_dir / "portraits")
+    try:
+        photos = write_sample_photos(out_dir / "photos")
+        report = _prepare(out_dir / "photos", services.workspace.identities)
+        lora = _train(services, steps=steps, resolution=min(size, 512), tiny=base_model is None)
+        portraits = _generate(services, size=size, seed=seed, out=out_dir / "portraits", tiny=base_model is None)
+    finally:
+        services.close()
     seconds = time.perf_counter() - started
     page = write_report(out_dir, photos=photos, report=report, lora=lora, portraits=portraits, seconds=seconds)
     print(f"\nDemo finished in {seconds:.0f} s. Open {page} (or {out_dir / 'contact_sheet.png'}).")
@@ -94,24 +95,18 @@ def _prepare(photos: Path, root: Path):
     return report
 
 
-def _train(root: Path, base_model: Path | None, *, steps: int, resolution: int, jobs_dir: Path) -> Path:
+def _train(services, *, steps: int, resolution: int, tiny: bool) -> Path:
     from portrait_core.adapters.cli.train import progress_line
-    from portrait_core.jobs import DONE, JobRunner
+    from portrait_core.jobs import DONE
     from portrait_core.params import TrainParams
-    from portrait_core.services.training import start_training
 
     print(f"2/3 training the LoRA ({steps} steps at {resolution} px) ...")
-    params = TrainParams(identity=DEMO_IDENTITY, base_model=str(base_model) if base_model else None,
-                         max_train_steps=steps, resolution=resolution, validate_every=max(1, steps // 3),
-                         rank=8 if base_model is None else None, gradient_accumulation=1)
-    runner = JobRunner(jobs_dir)
-    try:
-        job = start_training(runner, params, root=root)
-        while job.state not in ("done", "failed", "cancelled"):
-            job = runner.wait(job.id, timeout=1.0)
-            print("\r    " + progress_line(job.progress), end="", flush=True)
-    finally:
-        runner.close()
+    params = TrainParams(identity=DEMO_IDENTITY, max_train_steps=steps, resolution=resolution,
+                         validate_every=max(1, steps // 3), rank=8 if tiny else None, gradient_accumulation=1)
+    job = services.training.start(params).job
+    while job.state not in ("done", "failed", "cancelled"):
+        job = services.runner.wait(job.id, timeout=1.0)
+        print("\r    " + progress_line(job.progress), end="", flush=True)
     print()
     if job.state != DONE:
         from portrait_core.errors import PortraitError
@@ -120,19 +115,17 @@ def _train(root: Path, base_model: Path | None, *, steps: int, resolution: int, 
     return Path(job.result_path)
 
 
-def _generate(root: Path, base_model: Path | None, *, size: int, seed: int, out: Path) -> list:
+def _generate(services, *, size: int, seed: int, out: Path, tiny: bool) -> list:
     from portrait_core.generate.results import save_results
     from portrait_core.params import GenerateParams
-    from portrait_core.services.generation import standalone_service
 
     print("3/3 rendering the portrait into the studio template ...")
     template = studio_template()
     out.mkdir(parents=True, exist_ok=True)
     template.save(out / "template.png")
     params = GenerateParams(identities=[DEMO_IDENTITY], seed=seed, crop_size=size,
-                            first_pass_steps=20 if base_model is None else 50,
-                            second_pass_steps=10 if base_model is None else 20)
-    outputs = standalone_service(base_model, root=root).generate(params, [("template.png", template)])
+                            first_pass_steps=20 if tiny else 50, second_pass_steps=10 if tiny else 20)
+    outputs = services.generation.generate(params, [("template.png", template)])
     save_results(outputs, out)
     for result, _ in outputs:
         score = result.faces[0].identity_score

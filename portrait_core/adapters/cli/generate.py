@@ -8,7 +8,7 @@ import time
 from portrait_core.generate.results import save_results
 from portrait_core.params import GenerateParams
 from portrait_core.prepare.photos import load_photo
-from portrait_core.services.generation import standalone_service
+from portrait_core.services.runtime import standalone_services
 
 
 def run_generate_command(args: argparse.Namespace) -> int:
@@ -19,9 +19,14 @@ def run_generate_command(args: argparse.Namespace) -> int:
     templates = [(path.name, _template_image(path)) for path in args.template]
     if args.base_model is None:
         print("No --base-model given: using the tiny local model, which shows the pipeline, not a likeness.")
-    service = standalone_service(args.base_model, root=args.root)
+    from portrait_core.adapters.cli.main import workspace_of
+
+    services = standalone_services(workspace_of(args), args.base_model)
     started = time.perf_counter()
-    outputs = service.generate(params, templates)
+    try:
+        outputs = services.generation.generate(params, templates)
+    finally:
+        services.close()
     results_file = save_results(outputs, args.out)
     for result, _ in outputs:
         scores = ", ".join(f"{f.identity} {'n/a' if f.identity_score is None else f'{f.identity_score:.3f}'}"

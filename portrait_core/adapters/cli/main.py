@@ -12,6 +12,8 @@ from portrait_core.log import configure_logging, get_logger
 
 log = get_logger("cli")
 
+HOME_HELP = ("Portrait Studio home: its identities, LoRAs, jobs and results (default: PORTRAIT_HOME, else "
+             "~/.portrait-studio)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +44,13 @@ def _add_preprocess_parser(sub) -> None:
     pre = sub.add_parser("preprocess", help="check, score and crop a folder of photos into a dataset")
     pre.add_argument("photos_dir", type=Path, metavar="PHOTOS_DIR")
     pre.add_argument("--id", required=True, dest="identity", help="identity name: letters, digits, - and _")
-    pre.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+    pre.add_argument("--root", type=Path, default=None, help=HOME_HELP)
 
 
 def _add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="train an identity's LoRA (runs preprocessing first with --photos)")
     train.add_argument("--id", required=True, dest="identity", help="identity name: letters, digits, - and _")
-    train.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+    train.add_argument("--root", type=Path, default=None, help=HOME_HELP)
     train.add_argument("--photos", type=Path, default=None, help="folder of photos to prepare first")
     train.add_argument("--base-model", default=None, help="checkpoint or diffusers folder; default: tiny local model")
     train.add_argument("--max-steps", type=int, default=None)
@@ -63,7 +65,7 @@ def _add_generate_parser(sub) -> None:
     gen = sub.add_parser("generate", help="render trained identities into template photos")
     gen.add_argument("--id", required=True, dest="identities",
                      help="identity, or several separated by commas (one per template face, left to right)")
-    gen.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+    gen.add_argument("--root", type=Path, default=None, help=HOME_HELP)
     gen.add_argument("--template", type=Path, action="append", required=True, help="template photo (repeatable)")
     gen.add_argument("--out", type=Path, default=Path("portraits"), help="output folder")
     gen.add_argument("--seed", type=int, default=-1)
@@ -80,6 +82,9 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--port", type=int, default=7861)
     serve.add_argument("--base-model", type=Path, default=None, help="checkpoint; default: the tiny local model")
     serve.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2], as the WebUI's --api-auth")
+    serve.add_argument("--root", type=Path, default=None, help=HOME_HELP)
+    serve.add_argument("--checkpoints-dir", type=Path, default=None,
+                       help="folder of further checkpoints clients may name as base_model (by file name)")
 
 
 def _add_workflow_parser(sub) -> None:
@@ -87,7 +92,7 @@ def _add_workflow_parser(sub) -> None:
     flow.add_argument("file", type=Path, metavar="FILE.json")
     flow.add_argument("--out", type=Path, default=Path("workflow-output"), help="folder for every step's images")
     flow.add_argument("--base-model", type=Path, default=None, help="checkpoint; default: the tiny local model")
-    flow.add_argument("--root", type=Path, default=None, help="identities folder (default: settings)")
+    flow.add_argument("--root", type=Path, default=None, help=HOME_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def workspace_of(args: argparse.Namespace):
+    """The home `--root` names, else the configured one."""
+    from portrait_core.services.workspace import Workspace
+
+    return Workspace.at(args.root) if getattr(args, "root", None) else Workspace.from_settings()
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from portrait_core.adapters.cli.demo import run_demo
@@ -109,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
                         steps=args.steps, seed=args.seed)
     if args.command == "preprocess":
         from portrait_core.prepare.preprocess import run_from_cli
-        return run_from_cli(photos_dir=args.photos_dir, identity=args.identity, root=args.root)
+        return run_from_cli(photos_dir=args.photos_dir, identity=args.identity,
+                            root=workspace_of(args).identities)
     if args.command == "generate":
         from portrait_core.adapters.cli.generate import run_generate_command
         return run_generate_command(args)
@@ -117,8 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         from portrait_core.adapters.cli.workflow import run_workflow_command
         return run_workflow_command(args)
     if args.command == "serve":
-        from portrait_core.adapters.http.app import serve
-        return serve(host=args.host, port=args.port, base_model=args.base_model, api_auth=args.api_auth)
+        from portrait_core.adapters.standalone import serve
+        return serve(host=args.host, port=args.port, base_model=args.base_model, api_auth=args.api_auth,
+                     workspace=workspace_of(args), checkpoints_dir=args.checkpoints_dir)
     if args.command == "train":
         from portrait_core.adapters.cli.train import run_train_command
         return run_train_command(args)

@@ -6,34 +6,35 @@ import argparse
 import sys
 import time
 
-from portrait_core.config import settings
 from portrait_core.jobs import DONE, FINISHED_STATES, Job, JobRunner
 from portrait_core.params import TrainParams
-from portrait_core.services.training import start_training
+from portrait_core.services.runtime import standalone_services
 from portrait_core.training.trainer import eta_text
 
 BAR_WIDTH = 30
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    from portrait_core.adapters.cli.main import workspace_of
+
     overrides = {"max_train_steps": args.max_steps, "resolution": args.resolution,
-                 "validate_every": args.validate_every, "rank": args.rank, "alpha": args.alpha,
-                 "base_model": args.base_model}
+                 "validate_every": args.validate_every, "rank": args.rank, "alpha": args.alpha}
     params = TrainParams(identity=args.identity, **{k: v for k, v in overrides.items() if v is not None})
+    workspace = workspace_of(args)
     if args.photos is not None:
         from portrait_core.prepare.preprocess import preprocess_folder
 
-        report = preprocess_folder(args.photos, args.identity, root=args.root)
+        report = preprocess_folder(args.photos, args.identity, root=workspace.identities)
         print(f"prepared {len(report.kept)} of {len(report.photos)} photos (reference {report.reference})")
-    if params.base_model is None:
-        print("No --base-model given: training the tiny local model. It shows the pipeline working, "
-              "not a likeness; pass a real SD1.5/SDXL checkpoint for that.")
-    runner = JobRunner(settings().jobs_dir)
+    # The served base model (--base-model, else the tiny local one) is what a training without a name uses.
+    services = standalone_services(workspace, args.base_model, sdxl=args.sdxl)
     try:
-        job = start_training(runner, params, root=args.root, sdxl=args.sdxl)
-        job = _follow(runner, job)
+        started = services.training.start(params)
+        for note in started.notes:
+            print(f"note: {note}")
+        job = _follow(services.runner, started.job)
     finally:
-        runner.close()
+        services.close()
     if job.state != DONE:
         print(f"\ntraining {job.state}: {job.error or 'stopped'}", file=sys.stderr)
         return 1

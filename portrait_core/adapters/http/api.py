@@ -4,36 +4,25 @@
 (the WebUI calls it from `on_app_started(demo, app)`, where `demo` is None under `--nowebui`). Every route
 applies the WebUI's `--api-auth` itself, because the host only protects its own `/sdapi/v1` routes.
 
-`POST train` prepares the photos inside the request (face detection and cropping on the CPU, about 0.3-0.5 s
-per photo), then queues the training as a job and answers with the job id and the preparation report; the
-training itself runs in the job runner's subprocess, one at a time. Uploads are staged under
-`<identities>/.uploads/` and swapped into the identity only when preparation keeps at least one photo, so a
-rejected request leaves the disk as it was.
-
-Generation (`POST generate`, `POST workflow`) arrives later as another `_add_*_routes` group that takes
-`context.gpu_lock` around the host's diffusion calls, like preparation does here.
+The routes only translate: they read and check the request, call the process's PortraitServices (the same
+object the tabs use, so the rules — one training per identity, the default base model, who owns the GPU —
+are the same whichever door a user takes) and turn its answers and errors into HTTP. `POST train` prepares
+the photos inside the request (about 0.3-0.5 s per photo on the CPU), then queues the training as a job and
+answers with the job id and the preparation report; a refused request changes nothing on disk.
+Generation routes (`POST generate`, `POST workflow`) are in `adapters.http.generate`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
-import os
 import re
-import shutil
-import threading
-import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -44,58 +33,39 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from portrait_core import __version__
-from portrait_core.config import settings
-from portrait_core.errors import CheckpointError, IdentityError, ModelUnavailableError, NoUsablePhotosError
-from portrait_core.jobs import DONE, FINISHED_STATES, QUEUED, RUNNING, Job, JobNotFoundError, JobRunner
+from portrait_core.errors import (
+    CheckpointError,
+    IdentityError,
+    IdentityNotFoundError,
+    ModelUnavailableError,
+    NoUsablePhotosError,
+)
+from portrait_core.jobs import Job, JobNotFoundError, job_status
 from portrait_core.log import get_logger
 from portrait_core.params import StrictModel, TrainParams, params_json_schema
-from portrait_core.store import (
-    IdentityPaths,
-    atomic_directory,
-    identity_paths,
-    list_identities,
-    validate_identity_id,
-)
+from portrait_core.services.identities import IdentityBusyError
+from portrait_core.services.runtime import PortraitServices
+from portrait_core.services.training import DatasetMissingError
+from portrait_core.services.uploads import UploadLimits, safe_photo_name
+from portrait_core.store import validate_identity_id
 
 log = get_logger("api")
 
 API_PREFIX = "/sdapi/v1/portrait"
 API_VERSION = 1
 # What this server can do; clients check it before calling routes that later versions add (generate, workflow).
-CAPABILITIES = ("train", "jobs", "identities")
-PROGRESS_FIELDS = ("phase", "step", "total", "loss", "eta_s", "identity_score")
-PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-UPLOADS_FOLDER = ".uploads"
-_STALE_UPLOAD_SECONDS = 24 * 3600
-_UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]+")
+CAPABILITIES = ("train", "jobs", "identities", "generate", "workflow")
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_WEBUI_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,10}\]$")  # "v1-5.safetensors [6ce0161689]" as the WebUI lists it
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """What one `POST train` may carry."""
-
-    max_request_bytes: int = 256 * 1024 * 1024
-    max_photos: int = 50
-    max_photo_bytes: int = 30 * 1024 * 1024
-    max_params_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
 class ApiContext:
-    """What the routes need from their host. `api_auth` is the WebUI's `--api-auth` value (`user:pass,...`);
-    `gpu_lock` is the host's queue lock (A1111: `modules.call_queue.queue_lock`); `checkpoint_dirs` are the
-    folders a client's `base_model` name is looked up in (a client never names a server path)."""
+    """What the routes need: the process's services (shared with the tabs), the WebUI's `--api-auth` value
+    (`user:pass,...`) and the upload limits."""
 
-    runner: JobRunner
-    identities_root: Optional[Path] = None  # None: the settings' identities folder at request time
+    services: PortraitServices
     api_auth: Optional[str] = None
-    gpu_lock: Optional[AbstractContextManager] = None
-    checkpoint_dirs: Sequence[Path] = ()
     limits: UploadLimits = field(default_factory=UploadLimits)
-    # Gives the GenerationService (host + face models, kept loaded); None: no generate routes.
-    generation: Optional[Callable[[], Any]] = None
 
 
 # -- request and response shapes -------------------------------------------------------------------------
@@ -146,6 +116,8 @@ class TrainResponse(BaseModel):
     job: JobStatus
     report: Optional[Dict[str, Any]] = Field(None, description="preparation report; null when no photos were sent")
     photos: List[SavedPhoto] = Field(default_factory=list)
+    base_model: str = Field(..., description="the checkpoint the training uses (its file name)")
+    notes: List[str] = Field(default_factory=list)
 
 
 class IdentityInfo(BaseModel):
@@ -156,6 +128,7 @@ class IdentityInfo(BaseModel):
     trained_at: Optional[str] = Field(None, description="when the LoRA was written (UTC, ISO 8601)")
     base_model: Optional[str] = None
     base_model_version: Optional[str] = None
+    family: Optional[str] = Field(None, description="the model family the LoRA was trained for: sd15 or sdxl")
     reference_face: bool
     prepared: bool
     photos: int
@@ -207,16 +180,15 @@ def mount_api(app: FastAPI, context: ApiContext) -> APIRouter:
 
 def build_router(context: ApiContext) -> APIRouter:
     """The routes under /sdapi/v1/portrait, each behind `--api-auth` when it is set."""
+    from portrait_core.adapters.http.generate import add_generate_routes
+
     api = _PortraitApi(context)
     router = APIRouter(prefix=API_PREFIX, tags=["Portrait Studio"], dependencies=api.dependencies())
     _add_train_routes(router, api)
     _add_job_routes(router, api)
     _add_identity_routes(router, api)
-    _add_info_routes(router, generation=context.generation is not None)
-    if context.generation is not None:
-        from portrait_core.adapters.http.generate import add_generate_routes
-
-        add_generate_routes(router, api, context.generation)
+    _add_info_routes(router)
+    add_generate_routes(router, api, context.services)
     return router
 
 
@@ -236,18 +208,17 @@ def _add_identity_routes(router: APIRouter, api: _PortraitApi) -> None:
                          response_model=DeleteResponse)
 
 
-def _add_info_routes(router: APIRouter, *, generation: bool) -> None:
+def _add_info_routes(router: APIRouter) -> None:
     router.add_api_route("/schema", params_json_schema, methods=["GET"], summary="JSON schema of the parameters")
-    router.add_api_route("/version", lambda: version_info(generation=generation), methods=["GET"],
-                         response_model=VersionResponse)
+    router.add_api_route("/version", version_info, methods=["GET"], response_model=VersionResponse)
 
 
-def version_info(*, generation: bool = False) -> dict:
+def version_info() -> dict:
     schema_text = json.dumps(params_json_schema(), sort_keys=True)
     return {"name": "Portrait Studio", "version": __version__, "api_version": API_VERSION,
             # A content hash: it changes exactly when a parameter model changes, with nobody to forget a bump.
             "params_schema_version": hashlib.sha256(schema_text.encode("utf-8")).hexdigest()[:12],
-            "capabilities": [*CAPABILITIES, "generate", "workflow"] if generation else list(CAPABILITIES)}
+            "capabilities": list(CAPABILITIES)}
 
 
 # -- auth ----------------------------------------------------------------------------------------------
@@ -296,120 +267,74 @@ def _digest(text: str) -> bytes:
 # -- the routes ----------------------------------------------------------------------------------------
 
 class _PortraitApi:
-    """Route handlers sharing one context: the job runner, the identities folder, the locks."""
+    """Route handlers over the process's services: they translate requests and errors, nothing more."""
 
     def __init__(self, context: ApiContext):
         self.context = context
+        self.services = context.services
         self.credentials = parse_api_auth(context.api_auth)
-        self.gpu_lock = context.gpu_lock if context.gpu_lock is not None else threading.Lock()
-        self._identity_locks: Dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        _remove_stale_uploads(self.root)
-
-    @property
-    def root(self) -> Path:
-        return Path(self.context.identities_root or settings().identities_dir)
 
     def dependencies(self) -> list:
         return [Depends(basic_auth_dependency(self.credentials))] if self.credentials else []
 
-    def identity_lock(self, identity: str) -> threading.Lock:
-        """One lock per identity: an upload, a training start and a delete of the same person never overlap."""
-        with self._locks_guard:
-            return self._identity_locks.setdefault(identity, threading.Lock())
-
-    def active_job(self, identity: str) -> Optional[Job]:
-        return next((job for job in self.context.runner.jobs()
-                     if job.identity == identity and job.state in (QUEUED, RUNNING)), None)
-
     # ---- train -------------------------------------------------------------------------------------
     async def train(self, request: Request):
         upload = await read_train_request(request, self.context.limits)
-        upload.params = self._with_server_checkpoint(upload.params)
         try:
-            return await run_in_threadpool(self._prepare_and_queue, upload)
+            return await run_in_threadpool(self._start, upload)
         except NoUsablePhotosError as error:
             detail = [_error_item(("body", "photos"), str(error), "value_error.no_usable_photos")]
             return JSONResponse(status_code=422, content={"detail": detail, "report": error.report.to_json()})
 
-    def _with_server_checkpoint(self, params: TrainParams) -> TrainParams:
-        if params.base_model is None:
-            return params
-        path = resolve_checkpoint(params.base_model, self.context.checkpoint_dirs)
-        return params.copy(update={"base_model": str(path)})
-
-    def _prepare_and_queue(self, upload: _TrainUpload) -> dict:
-        params = upload.params
-        with self.identity_lock(params.identity):
-            busy = self.active_job(params.identity)
-            if busy is not None:
-                raise HTTPException(409, f"identity {params.identity!r} already has a {busy.state} training "
-                                         f"(job {busy.id}); wait for it or cancel it first")
-            report = self._prepare(upload) if upload.photos else None
-            job = self._start_training(params)
-        log.info("API: queued training %s for %s (%d photos uploaded)", job.id, params.identity, len(upload.photos))
-        return {"job_id": job.id, "job": job_status(job), "report": report,
-                "photos": [{"name": p.name, "file": p.file, "bytes": len(p.data)} for p in upload.photos]}
-
-    def _prepare(self, upload: _TrainUpload) -> dict:
+    def _start(self, upload: _TrainUpload) -> dict:
         photos = [(photo.file, photo.data) for photo in upload.photos]
         try:
-            report = prepare_upload(self.root, upload.params.identity, photos, top_k=upload.params.top_k_photos,
-                                    gpu_lock=self.gpu_lock)
+            started = self.services.training.start(upload.params, photos)
+        except IdentityBusyError as error:
+            raise HTTPException(409, str(error)) from error
+        except CheckpointError as error:
+            raise _field_error(422, ("body", "params", "base_model"), str(error)) from error
+        except DatasetMissingError as error:
+            raise _field_error(422, ("body", "photos"), f"no photos sent and {error}") from error
         except ModelUnavailableError as error:
             raise HTTPException(503, f"face models are not available: {error}") from error
         except IdentityError as error:  # e.g. the identity's folder is a symbolic link: we do not write through it
             raise HTTPException(409, str(error)) from error
-        return report.to_json()
-
-    def _start_training(self, params: TrainParams) -> Job:
-        from portrait_core.services.training import DatasetMissingError, start_training
-
-        try:
-            return start_training(self.context.runner, params, root=self.root)
-        except DatasetMissingError as error:
-            raise _field_error(422, ("body", "photos"), f"no photos sent and {error}") from error
-        except CheckpointError as error:
-            raise _field_error(422, ("body", "params", "base_model"), str(error)) from error
+        job = started.job
+        return {"job_id": job.id, "job": job_status(job), "base_model": started.base_model.name,
+                "notes": started.notes, "report": started.report.to_json() if started.report else None,
+                "photos": [{"name": p.name, "file": p.file, "bytes": len(p.data)} for p in upload.photos]}
 
     # ---- jobs --------------------------------------------------------------------------------------
     def get_job(self, job_id: str) -> dict:
-        return job_status(self._job(job_id))
+        return job_status(self.job(job_id))
 
     def cancel_job(self, job_id: str) -> dict:
-        self._job(job_id)
-        return job_status(self.context.runner.cancel(job_id))
+        self.job(job_id)
+        return job_status(self.services.runner.cancel(job_id))
 
-    def _job(self, job_id: str) -> Job:
+    def job(self, job_id: str) -> Job:
         try:
             if not _JOB_ID.fullmatch(job_id):
                 raise JobNotFoundError(f"no job with id {job_id[:80]!r}")
-            return self.context.runner.get(job_id)
+            return self.services.runner.get(job_id)
         except JobNotFoundError as error:
             raise HTTPException(404, str(error)) from error
 
     # ---- identities --------------------------------------------------------------------------------
     def identities(self) -> dict:
-        active = {job.identity: job.id for job in self.context.runner.jobs() if job.state in (QUEUED, RUNNING)}
-        root = self.root
-        return {"identities": [identity_info(identity_paths(identity, root), active.get(identity))
-                               for identity in list_identities(root)]}
+        return {"identities": [info.to_json() for info in self.services.identities.infos()]}
 
     def delete_identity(self, identity: str) -> dict:
         identity = _path_identity(identity)
-        with self.identity_lock(identity):
-            busy = self.active_job(identity)
-            if busy is not None:
-                raise HTTPException(409, f"identity {identity!r} has a {busy.state} training (job {busy.id}); "
-                                         "cancel it before deleting")
-            try:
-                paths = identity_paths(identity, self.root)
-            except IdentityError as error:  # e.g. the folder is a symbolic link: not ours to delete
-                raise HTTPException(409, str(error)) from error
-            removed, kept = remove_identity(paths)
-        if not removed:
-            raise HTTPException(404, f"no identity {identity!r}")
-        log.info("API: deleted identity %s (%s)", identity, ", ".join(removed))
+        try:
+            removed, kept = self.services.identities.delete(identity)
+        except IdentityBusyError as error:
+            raise HTTPException(409, str(error)) from error
+        except IdentityNotFoundError as error:
+            raise HTTPException(404, str(error)) from error
+        except IdentityError as error:  # e.g. the folder is a symbolic link: not ours to delete
+            raise HTTPException(409, str(error)) from error
         return {"deleted": identity, "removed": removed, "kept": kept}
 
 
@@ -538,175 +463,6 @@ def decode_base64_photo(text: str, index: int, limits: UploadLimits) -> bytes:
     if len(data) > limits.max_photo_bytes:
         raise _photo_too_large(index, None, limits)
     return data
-
-
-def safe_photo_name(index: int, client_name: Optional[str]) -> str:
-    """The name we save a photo under: its position, then letters, digits, '-' and '_' of the client's name
-    (never a path), then its extension if it is a picture's: 'C:\\x\\..\\My photo.JPG' -> '01-My_photo.jpg'."""
-    base = re.split(r"[\\/]", client_name or "")[-1]
-    stem, dot, extension = base.rpartition(".")
-    if not dot:
-        stem, extension = base, ""
-    suffix = f".{extension.lower()}" if f".{extension.lower()}" in PHOTO_EXTENSIONS else ""
-    label = _UNSAFE_NAME_CHARACTERS.sub("_", stem).strip("_-")[:40] or "photo"
-    return f"{index + 1:02d}-{label}{suffix}"
-
-
-def resolve_checkpoint(name: str, folders: Sequence[Path]) -> Path:
-    """A client's `base_model` as a checkpoint inside one of `folders`: a file or diffusers folder name,
-    relative, with or without `.safetensors` or the WebUI's ' [hash]'. Anything else is a 422."""
-    loc = ("body", "params", "base_model")
-    cleaned = _WEBUI_TITLE_HASH.sub("", name.strip())
-    parts = re.split(r"[\\/]", cleaned)
-    if not folders:
-        raise _field_error(422, loc, "this server takes no base_model from clients; leave it empty")
-    if cleaned.startswith(("/", "\\", "~")) or ":" in cleaned or any(p in ("", ".", "..") for p in parts):
-        raise _field_error(422, loc, f"{name!r} is not a checkpoint name (give the name, not a path)")
-    # No '..', root or drive can appear in `parts`, so a candidate stays inside its folder (a symbolic link
-    # placed there by the server's owner, e.g. to another drive, is followed: that is their choice).
-    for folder in map(Path, folders):
-        for candidate in (folder.joinpath(*parts), folder.joinpath(*parts[:-1], parts[-1] + ".safetensors")):
-            if candidate.exists():
-                return candidate
-    raise _field_error(422, loc, f"no checkpoint named {name!r} on this server")
-
-
-# -- disk ----------------------------------------------------------------------------------------------
-
-def prepare_upload(root: Path, identity: str, photos: Sequence[tuple[str, bytes]], *, top_k: int,
-                   gpu_lock: AbstractContextManager):
-    """Stage uploaded photos ((safe file name, bytes), see `safe_photo_name`) under `<root>/.uploads/`, prepare
-    them, and only then swap photos, dataset and report into the identity; returns the PreprocessReport.
-    Whatever fails (NoUsablePhotosError, ModelUnavailableError, IdentityError) leaves the identity as it was.
-    The HTTP API and the UI both call this."""
-    from portrait_core.prepare.preprocess import PreprocessOptions, preprocess_photos
-
-    staging_root = root / UPLOADS_FOLDER / uuid.uuid4().hex
-    try:
-        staged = identity_paths(identity, staging_root)
-        staged.photos.mkdir(parents=True)
-        files = []
-        for file_name, data in photos:
-            (staged.photos / file_name).write_bytes(data)
-            files.append(staged.photos / file_name)
-        with gpu_lock:  # face models may run on the GPU (insightface); never beside a generation
-            report = preprocess_photos(files, identity, root=staging_root, options=PreprocessOptions(top_k=top_k))
-        commit_prepared(staged, identity_paths(identity, root))
-    finally:
-        _remove_upload(staging_root)
-    return report
-
-
-def commit_prepared(staged: IdentityPaths, final: IdentityPaths) -> None:
-    """Move a staged identity's photos, dataset and report into `final`, each folder swapped in whole."""
-    final.folder.mkdir(parents=True, exist_ok=True)
-    for source, target in ((staged.photos, final.photos), (staged.dataset, final.dataset)):
-        with atomic_directory(target) as fresh:
-            for child in source.iterdir():
-                os.replace(child, fresh / child.name)
-    os.replace(staged.report, final.report)
-
-
-def remove_identity(paths: IdentityPaths) -> tuple[list[str], list[str]]:
-    """Delete the identity's folder and its LoRA; returns (what was removed, what was kept and why)."""
-    from portrait_core.services.training import final_lora_path
-
-    removed, kept = [], []
-    if paths.folder.is_dir():
-        # Renamed aside first, so the identity disappears at once even if deleting its files is slow or fails.
-        doomed = paths.root / f".deleted-{paths.id}-{uuid.uuid4().hex[:8]}"
-        os.replace(paths.folder, doomed)
-        _remove_tree(doomed)
-        removed.append("folder")
-    lora = final_lora_path(paths.id)
-    if lora.is_file():
-        if _lora_metadata(lora).get("portrait_studio.identity") == paths.id:
-            lora.unlink()
-            removed.append("lora")
-        else:  # a LoRA of the same name that we did not train: the user's, not ours to delete
-            kept.append(f"{lora.name}: not trained by Portrait Studio for {paths.id!r}")
-    return removed, kept
-
-
-def _remove_upload(staging_root: Path) -> None:
-    _remove_tree(staging_root)
-    # The shared .uploads folder goes too, unless another upload is being prepared in it right now.
-    with contextlib.suppress(OSError):
-        staging_root.parent.rmdir()
-
-
-def _remove_stale_uploads(root: Path) -> None:
-    """What a crash can leave: staging folders of uploads, and identity folders renamed for deletion."""
-    uploads = root / UPLOADS_FOLDER
-    if uploads.is_dir():
-        for folder in uploads.iterdir():
-            if time.time() - folder.stat().st_mtime > _STALE_UPLOAD_SECONDS:
-                _remove_tree(folder)
-    if root.is_dir():
-        for folder in root.glob(".deleted-*"):
-            _remove_tree(folder)
-
-
-def _remove_tree(folder: Path) -> None:
-    if not folder.exists():
-        return
-    try:
-        shutil.rmtree(folder)
-    except OSError as error:
-        log.warning("could not delete %s (%s); delete it by hand", folder, error)
-
-
-# -- views ---------------------------------------------------------------------------------------------
-
-def job_status(job: Job) -> dict:
-    """What a client sees of a job: no command line, no server paths."""
-    progress = {key: job.progress[key] for key in PROGRESS_FIELDS if key in job.progress}
-    step, total = progress.get("step"), progress.get("total")
-    if job.state == DONE:
-        fraction = 1.0
-    elif step is not None and total:
-        fraction = round(min(step / total, 1.0), 4)
-    else:
-        fraction = 0.0 if job.state == QUEUED else None
-    done_with_lora = job.kind == "train" and job.state == DONE and job.result_path
-    return {"id": job.id, "kind": job.kind, "identity": job.identity, "state": job.state, "progress": progress,
-            "fraction": fraction, "eta_s": None if job.state in FINISHED_STATES else progress.get("eta_s"),
-            "error": job.error, "lora": Path(job.result_path).stem if done_with_lora else None,
-            "created": job.created, "started": job.started, "finished": job.finished}
-
-
-def identity_info(paths: IdentityPaths, active_job: Optional[str]) -> dict:
-    from portrait_core.prepare.photos import list_photo_files
-    from portrait_core.services.training import final_lora_path
-
-    lora = final_lora_path(paths.id)
-    has_lora = lora.is_file()
-    metadata = _lora_metadata(lora) if has_lora else {}
-    stat = lora.stat() if has_lora else None
-    layout = paths.dataset_layout()
-    return {
-        "id": paths.id, "has_lora": has_lora, "lora_name": lora.stem if has_lora else None,
-        "lora_size_bytes": stat.st_size if stat else None,
-        "trained_at": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds")
-        if stat else None,
-        "base_model": metadata.get("portrait_studio.base_model") or metadata.get("ss_sd_model_name"),
-        "base_model_version": metadata.get("ss_base_model_version"),
-        "reference_face": layout.reference_face.is_file(), "prepared": layout.manifest.is_file(),
-        "photos": len(list_photo_files(paths.photos)) if paths.photos.is_dir() else 0,
-        "active_job": active_job,
-    }
-
-
-def _lora_metadata(path: Path) -> Dict[str, str]:
-    """The LoRA's header metadata, read by the safetensors library itself (no tensor is loaded)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            return dict(handle.metadata() or {})
-    except (SafetensorError, OSError) as error:
-        log.warning("cannot read the metadata of %s: %s", path, error)
-        return {}
 
 
 # -- errors --------------------------------------------------------------------------------------------

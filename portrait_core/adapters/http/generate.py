@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import base64
-import json
-import threading
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from portrait_core.config import settings
 from portrait_core.errors import PortraitError, UnusablePhotoError
-from portrait_core.generate.results import png_bytes, save_results
+from portrait_core.generate.results import image_png, png_bytes, read_saved_portraits, read_saved_workflow
 from portrait_core.params import GenerateParams, StrictModel, WorkflowParams
-
-MAX_TEMPLATES = 16
+from portrait_core.services.identities import IdentityBusyError
+from portrait_core.services.runtime import PortraitServices
+from portrait_core.services.uploads import MAX_TEMPLATES
 
 
 class TemplateUpload(StrictModel):
@@ -77,9 +76,9 @@ class JobResultsResponse(BaseModel):
     steps: List[WorkflowStepResult] = Field([], description="a workflow job's steps")
 
 
-def add_generate_routes(router: APIRouter, api, service: Callable[[], object]) -> None:
-    """Register the routes; `api` is the router's handler object (runner, GPU lock, decoding limits)."""
-    routes = _GenerateRoutes(api, service)
+def add_generate_routes(router: APIRouter, api, services: PortraitServices) -> None:
+    """Register the routes; `api` is the router's handler object (job lookup)."""
+    routes = _GenerateRoutes(api, services)
     router.add_api_route("/generate", routes.generate, methods=["POST"], response_model=GenerateResponse,
                          summary="Render identities into template photos")
     router.add_api_route("/jobs/{job_id}/results", routes.results, methods=["GET"],
@@ -89,97 +88,52 @@ def add_generate_routes(router: APIRouter, api, service: Callable[[], object]) -
 
 
 class _GenerateRoutes:
-    def __init__(self, api, service: Callable[[], object]):
-        self.api, self.service = api, service
+    def __init__(self, api, services: PortraitServices):
+        self.api, self.services = api, services
 
     def generate(self, request: GenerateRequest) -> dict:
         templates = [(_label(upload.name, index), _decode_template(upload, index))
                      for index, upload in enumerate(request.templates)]
-        if request.background:
-            return {"job_id": self._queue(request.params, templates).id, "images": []}
-        outputs = self._run(request.params, templates)  # the host owns the GPU: its session serialises callers
+        generation = self.services.generation
+        with _as_http():
+            if request.background:
+                return {"job_id": generation.submit(request.params, templates).id, "images": []}
+            outputs = generation.generate(request.params, templates)  # the host's session serialises callers
         return {"images": [_image_record(result, text) for result, text in outputs]}
 
     def workflow(self, request: WorkflowRequest) -> dict:
         images = {name: _decode_template(TemplateUpload(name=name, data=data), name, field="images")
                   for name, data in request.images.items()}
-        runner = self._workflow_runner()
-        try:
-            runner.validate(request.workflow, images)  # rejected before anything runs or is queued
-        except PortraitError as error:
-            raise HTTPException(422, str(error)) from error
-        if request.background:
-            return {"job_id": self._queue_workflow(runner, request.workflow, images).id, "steps": []}
-        try:
-            outputs = runner.run(request.workflow, images)
-        except PortraitError as error:
-            raise HTTPException(422, str(error)) from error
+        workflows = self.services.workflows
+        with _as_http():
+            if request.background:
+                return {"job_id": workflows.submit(request.workflow, images).id, "steps": []}
+            outputs = workflows.run(request.workflow, images)
         return {"steps": [_step_record(output) for output in outputs]}
 
-    def _workflow_runner(self):
-        from portrait_core.generate.workflow import WorkflowRunner
-
-        service = self.service()
-        return WorkflowRunner(service.generator.host, generation=service)
-
-    def _queue_workflow(self, runner, workflow: WorkflowParams, images: dict):
-        output_dir = settings().home / "workflows" / uuid.uuid4().hex[:12]
-
-        def task(context) -> Path:
-            from portrait_core.adapters.cli.workflow import write_outputs
-
-            context.progress("running", step=0, total=len(workflow.steps))
-            write_outputs(runner.run(workflow, images), output_dir)
-            return output_dir / "workflow.json"
-
-        return self.api.context.runner.submit_task("workflow", "", task, output_dir)
-
     def results(self, job_id: str) -> dict:
-        job = self.api._job(job_id)
+        job = self.api.job(job_id)
         if job.kind not in ("generate", "workflow"):
             raise HTTPException(404, f"job {job_id} is a {job.kind} job; it has no images")
         if job.state != "done" or not job.result_path:
             raise HTTPException(409, f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
         if job.kind == "workflow":
-            return {"job_id": job_id, "images": [], "steps": _read_saved_workflow(Path(job.result_path))}
-        return {"job_id": job_id, "images": _read_saved(Path(job.result_path))}
-
-    def _run(self, params: GenerateParams, templates: list) -> list:
-        try:
-            return self.service().generate(params, templates)
-        except PortraitError as error:
-            raise HTTPException(422, str(error)) from error
-
-    def _queue(self, params: GenerateParams, templates: list):
-        output_dir = settings().home / "generations" / uuid.uuid4().hex[:12]
-
-        def task(context) -> Path:
-            service = self.service()
-            stop_watch = _interrupt_on_cancel(context, service)
-            try:
-                context.progress("generating", step=0, total=len(templates) * params.batch)
-                outputs = service.generate(params, templates)
-            finally:
-                stop_watch.set()
-            return save_results(outputs, output_dir)
-
-        return self.api.context.runner.submit_task("generate", ",".join(params.identities), task, output_dir)
+            steps = [_saved_step_record(step) for step in read_saved_workflow(Path(job.result_path))]
+            return {"job_id": job_id, "images": [], "steps": steps}
+        images = [{**record, "image": _b64(record.pop("png"))} for record in read_saved_portraits(Path(
+            job.result_path))]
+        return {"job_id": job_id, "images": images}
 
 
-def _interrupt_on_cancel(context, service) -> threading.Event:
-    """Watch for a cancel request and interrupt the host's current diffusion call when it comes."""
-    finished = threading.Event()
-
-    def watch() -> None:
-        while not finished.wait(0.2):
-            if context.cancelled():
-                interrupt = getattr(service.generator.host, "interrupt", None)
-                if interrupt is not None:
-                    interrupt()
-                return
-
-    threading.Thread(target=watch, name="portrait-generate-cancel", daemon=True).start()
-    return finished
+@contextmanager
+def _as_http() -> Iterator[None]:
+    """A refusal of the services as the HTTP answer: busy → 409, anything else they refuse → 422."""
+    try:
+        yield
+    except IdentityBusyError as error:
+        raise HTTPException(409, str(error)) from error
+    except PortraitError as error:
+        raise HTTPException(422, str(error)) from error
 
 
 def _decode_template(upload: TemplateUpload, index, field: str = "templates"):
@@ -202,59 +156,24 @@ def _label(name: str, index: int) -> str:
     return stem or f"template-{index + 1}.png"
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def _image_record(result, text: str) -> dict:
-    return {"template": result.template, "seed": result.seed,
-            "image": base64.b64encode(png_bytes(result, text)).decode("ascii"),
+    return {"template": result.template, "seed": result.seed, "image": _b64(png_bytes(result, text)),
             "faces": [{"id": f.identity, "box": f.box, "identity_score": f.identity_score} for f in result.faces],
             "infotext": text, "notes": result.notes}
 
 
-def _b64_png(image) -> str:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _step_record(output) -> dict:
-    from portrait_core.adapters.cli.workflow import _png
-
     return {"index": output.index, "op": output.op, "infotexts": output.infotexts, "notes": output.notes,
-            "images": [base64.b64encode(_png(image, text)).decode("ascii")
-                       for image, text in zip(output.images, output.infotexts, strict=True)],
-            "extras": {name: _b64_png(image) for name, image in output.extras.items()}}
+            "images": [_b64(image_png(image, text)) for image, text in zip(output.images, output.infotexts,
+                                                                            strict=True)],
+            "extras": {name: _b64(image_png(image)) for name, image in output.extras.items()}}
 
 
-def _read_saved_workflow(summary_file: Path) -> list[dict]:
-    steps = []
-    for record in json.loads(summary_file.read_text(encoding="utf-8")):
-        files = [Path(path) for path in record["images"]]
-        images = [p for p in files if not p.stem.endswith("-pose")]
-        steps.append({"index": record["step"], "op": record["op"], "notes": record.get("notes", []),
-                      "images": [base64.b64encode(p.read_bytes()).decode("ascii") for p in images],
-                      "infotexts": [_png_text(p) for p in images],
-                      "extras": {p.stem.rsplit("-", 1)[1]: base64.b64encode(p.read_bytes()).decode("ascii")
-                                 for p in files if p.stem.endswith("-pose")}})
-    return steps
-
-
-def _png_text(path: Path) -> str:
-    from PIL import Image
-
-    with Image.open(path) as opened:
-        return opened.info.get("parameters", "")
-
-
-def _read_saved(results_file: Path) -> list[dict]:
-    from PIL import Image
-
-    records = []
-    for record in json.loads(results_file.read_text(encoding="utf-8")):
-        image_path = Path(record["output"])
-        with Image.open(image_path) as opened:
-            text = opened.info.get("parameters", "")
-        records.append({"template": record["template"], "seed": record["seed"], "faces": record["faces"],
-                        "image": base64.b64encode(image_path.read_bytes()).decode("ascii"), "infotext": text,
-                        "notes": record.get("notes", [])})
-    return records
+def _saved_step_record(step: dict) -> dict:
+    return {"index": step["index"], "op": step["op"], "notes": step["notes"], "infotexts": step["infotexts"],
+            "images": [_b64(data) for data in step["pngs"]],
+            "extras": {name: _b64(data) for name, data in step["extras"].items()}}

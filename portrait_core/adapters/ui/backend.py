@@ -1,12 +1,12 @@
-"""What the tabs need from their host: the job runner, the generation service, folders, and WebUI hooks.
+"""What the tabs need from their host: the process's services, template folders, and WebUI hooks.
 
-The WebUI and the standalone app build the same tabs; they differ only in the `UiBackend` they pass.
+The WebUI and the standalone app build the same tabs on the same PortraitServices the HTTP routes use (one
+job runner, one lock per identity, one host that owns the GPU); they differ only in the hooks they pass.
 Nothing here imports the WebUI: the script hands its modules in (`webui_send_to_buttons(infotext_utils)`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -15,9 +15,9 @@ from typing import Any
 
 import gradio as gr
 
-from portrait_core.config import settings
-from portrait_core.jobs import QUEUED, RUNNING, Job, JobRunner
+from portrait_core.jobs import Job, JobRunner
 from portrait_core.log import get_logger
+from portrait_core.services.runtime import PortraitServices
 
 log = get_logger("ui")
 
@@ -30,11 +30,6 @@ SEND_TO_TABS = ("img2img", "inpaint", "extras")
 SendToButtons = Callable[[gr.Gallery, gr.Textbox], None]
 
 
-def default_template_dirs() -> list[Path]:
-    """The built-in templates, then the user's own folder (`<PORTRAIT_HOME>/templates`)."""
-    return [BUILTIN_TEMPLATES_DIR, settings().home / USER_TEMPLATES_SUBDIR]
-
-
 @dataclass
 class WebUiHooks:
     """What only the WebUI can fill in. `send_to_buttons`: see `webui_send_to_buttons`."""
@@ -44,38 +39,39 @@ class WebUiHooks:
 
 @dataclass
 class UiBackend:
-    """Everything the tabs call. Only `runner` and `generation` are required.
+    """Everything the tabs call. Only `services` is required.
 
-    - `generation()` gives the GenerationService (built on first use, then kept: it holds the loaded models).
-    - `identities_root`: where identities live (None: the settings' folder at call time); must be the
-      service's root too.
-    - `template_dirs()`: folders of template images for the gallery, listed each time it is refreshed.
-    - `checkpoints()`: names for the base-checkpoint dropdown (None: the generation host's `checkpoints()`,
-      asked only when the user refreshes the list); `checkpoint_path(name)` turns a name into the
-      TrainParams.base_model the trainer gets (WebUI: `checkpoints_list[title].filename`);
-      `default_checkpoint()` is the dropdown's first value.
-    - `gpu_lock`: held while photos are prepared (face models may run on the GPU); the WebUI's queue_lock.
-    - `generation_session()`: a context around one Generate click; default: `gpu_lock`. In the WebUI give
-      the WebUIHost's `session` (it takes queue_lock itself and drives the WebUI's progress and Interrupt).
+    - `template_dirs()`: folders of template images for the gallery, listed each time it is refreshed
+      (default: the built-in templates and `<home>/templates`).
+    - `checkpoints()`: names for the base-checkpoint dropdown (None: the host's `checkpoints()`, asked only
+      when the user refreshes the list); `default_checkpoint()` is the dropdown's first value. An empty
+      choice trains the host's current checkpoint (the TrainingService decides, as for the HTTP API).
     - `initial_values`: starting values of parameter widgets by field name (e.g. WebUI settings).
     """
 
-    runner: JobRunner
-    generation: Callable[[], Any]
-    identities_root: Path | None = None
-    template_dirs: Callable[[], Sequence[Path]] = default_template_dirs
+    services: PortraitServices
+    template_dirs: Callable[[], Sequence[Path]] | None = None
     checkpoints: Callable[[], Sequence[str]] | None = None
-    checkpoint_path: Callable[[str], str] = str
     default_checkpoint: Callable[[], str | None] | None = None
-    gpu_lock: AbstractContextManager = field(default_factory=threading.Lock)
-    generation_session: Callable[[], AbstractContextManager] | None = None
     initial_values: dict[str, Any] = field(default_factory=dict)
     webui: WebUiHooks | None = None
     poll_seconds: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.template_dirs is None:
+            home = self.services.workspace.home
+            self.template_dirs = lambda: [BUILTIN_TEMPLATES_DIR, home / USER_TEMPLATES_SUBDIR]
+
     @property
     def root(self) -> Path:
-        return Path(self.identities_root) if self.identities_root is not None else settings().identities_dir
+        return self.services.workspace.identities
+
+    @property
+    def runner(self) -> JobRunner:
+        return self.services.runner
+
+    def generation(self):
+        return self.services.generation
 
     @property
     def in_webui(self) -> bool:
@@ -87,7 +83,7 @@ class UiBackend:
             return list(self.checkpoints())
         if not ask_host:
             return []
-        return list(self.generation().generator.host.checkpoints())
+        return list(self.services.host().checkpoints())
 
     def first_checkpoint(self, choices: Sequence[str]) -> str | None:
         preferred = self.default_checkpoint() if self.default_checkpoint is not None else None
@@ -96,24 +92,20 @@ class UiBackend:
         return choices[0] if choices else None
 
     def active_job(self, identity: str) -> Job | None:
-        """The identity's queued or running job, if any (as the HTTP API refuses a second one)."""
-        return next((job for job in self.runner.jobs()
-                     if job.identity == identity and job.state in (QUEUED, RUNNING)), None)
+        """The identity's queued or running job, if any (training, or a generation using it)."""
+        return self.services.identities.busy_job(identity)
 
     def latest_active_training(self) -> Job | None:
-        active = [job for job in self.runner.jobs() if job.kind == "train" and job.state in (QUEUED, RUNNING)]
+        active = [job for job in self.runner.jobs() if job.kind == "train" and job.active]
         return max(active, key=lambda job: job.created) if active else None
 
     def generation_context(self) -> AbstractContextManager:
-        return self.generation_session() if self.generation_session is not None else self.gpu_lock
+        """One click's turn on the GPU: the host's session (in the WebUI it also drives progress/Interrupt)."""
+        return self.services.host().session("Portrait Studio")
 
     def interrupt_generation(self) -> bool:
-        """Ask the host to stop its current diffusion call; False when there is nothing to interrupt."""
-        service = self.generation()
-        interrupt = getattr(service.generator.host, "interrupt", None)
-        if interrupt is None:
-            return False
-        interrupt()
+        """Ask the host to stop its current diffusion call."""
+        self.services.generation.interrupt()
         return True
 
 

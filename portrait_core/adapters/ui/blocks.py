@@ -47,10 +47,10 @@ def webui_tabs(backend: UiBackend) -> list[tuple[gr.Blocks, str, str]]:
     return [(build_ui(backend), *WEBUI_TAB)]
 
 
-def mount_standalone(app, *, runner, generation, path: str = "/", **backend_options) -> gr.Blocks:
-    """Serve the tabs at `path` of a FastAPI app (the standalone `serve`), on the same runner and service as
-    its HTTP API. `backend_options` are further UiBackend fields (e.g. `checkpoints=`)."""
-    backend = UiBackend(runner=runner, generation=generation, **backend_options)
+def mount_standalone(app, services, *, path: str = "/", **backend_options) -> gr.Blocks:
+    """Serve the tabs at `path` of a FastAPI app (the standalone `serve`), on the same services as its HTTP
+    API. `backend_options` are further UiBackend fields (e.g. `template_dirs=`)."""
+    backend = UiBackend(services, **backend_options)
     css = STYLE_SHEET.read_text(encoding="utf-8") if STYLE_SHEET.is_file() else None
     blocks = build_ui(backend, css=css)
     enable_queue(blocks)

@@ -12,8 +12,6 @@ from pathlib import Path
 import gradio as gr
 from pydantic import ValidationError
 
-from portrait_core.adapters.http.api import PHOTO_EXTENSIONS
-from portrait_core.adapters.http.generate import MAX_TEMPLATES
 from portrait_core.adapters.ui.backend import UiBackend, log
 from portrait_core.adapters.ui.forms import (
     FormError,
@@ -28,7 +26,7 @@ from portrait_core.adapters.ui.images import load_image
 from portrait_core.adapters.ui.train import Refusal, read_uploads
 from portrait_core.errors import GenerationInterrupted, PortraitError, UnusablePhotoError
 from portrait_core.params import GenerateParams
-from portrait_core.store import identity_paths, list_identities
+from portrait_core.services.uploads import MAX_TEMPLATES, PHOTO_EXTENSIONS
 
 MAX_FACES = 4
 NO_FACE = "(none)"
@@ -83,7 +81,7 @@ def build_generate_tab(backend: UiBackend) -> GenerateTab:
 
 
 def _identity_pickers(backend: UiBackend) -> dict:
-    ids = prepared_identities(backend.root)
+    ids = backend.services.identities.prepared_ids()
     faces = []
     with gr.Row():
         for index in range(MAX_FACES):
@@ -217,7 +215,7 @@ class GenerateHandlers:
                 self.w.selected_template: None, self.w.selected_label: ""}
 
     def refresh_identities(self, current: dict) -> dict:
-        ids = prepared_identities(self.backend.root)
+        ids = self.backend.services.identities.prepared_ids()
         updates = {}
         for index, face in enumerate(self.w.faces):
             choices = ids if index == 0 else [NO_FACE, *ids]
@@ -278,12 +276,6 @@ def _gallery_template(path: str | None) -> list[tuple[str, object]]:
 
 
 # -- views and listings ---------------------------------------------------------------------------------
-
-def prepared_identities(root: Path) -> list[str]:
-    """Identities that generation can use: those with prepared photos (a LoRA is used when there is one)."""
-    return [identity for identity in list_identities(root)
-            if identity_paths(identity, root).dataset_layout().reference_info.is_file()]
-
 
 def list_templates(folders) -> list[Path]:
     """Picture files directly inside each folder (hidden files skipped), folder by folder, sorted by name."""

@@ -12,12 +12,11 @@ from datetime import datetime
 
 import gradio as gr
 
-from portrait_core.adapters.http.api import identity_info, remove_identity
 from portrait_core.adapters.ui.backend import UiBackend, log
 from portrait_core.adapters.ui.forms import error_html, info_html
-from portrait_core.errors import IdentityError
-from portrait_core.jobs import QUEUED, RUNNING
-from portrait_core.store import identity_paths, list_identities
+from portrait_core.errors import IdentityError, IdentityNotFoundError
+from portrait_core.services.identities import IdentityBusyError
+from portrait_core.services.loras import family_label
 
 TABLE_HEADERS = ["Identity", "Trained", "Base model", "LoRA size", "Photos", "Status"]
 
@@ -119,19 +118,14 @@ class IdentitiesHandlers:
         return {w.confirm_row: gr.update(visible=True), w.confirm_text: question, w.pending: identity, w.message: ""}
 
     def rename(self, identity: str | None, new_name: str | None) -> dict:
-        from portrait_core.config import settings
-        from portrait_core.services.identities import rename_identity
-
         w = self.w
         new_name = (new_name or "").strip()
         if not identity or not new_name:
             return {w.message: error_html("Identity and New name: choose an identity and type its new name")}
-        busy = self.backend.active_job(identity)
-        if busy is not None:
-            return {w.message: error_html(f"{identity!r} has a {busy.state} training (job {busy.id}); "
-                                          "wait for it or cancel it before renaming")}
         try:
-            rename_identity(identity, new_name, root=self.backend.root, lora_folder=settings().lora_folder)
+            self.backend.services.identities.rename(identity, new_name)
+        except IdentityBusyError as error:
+            return {w.message: error_html(str(error))}
         except IdentityError as error:
             return {w.message: error_html(f"New name: {error}")}
         log.info("UI: renamed identity %s to %s", identity, new_name)
@@ -147,12 +141,12 @@ class IdentitiesHandlers:
         hidden = {w.confirm_row: gr.update(visible=False), w.pending: None}
         if not identity:
             return {**hidden, w.message: info_html("Nothing to delete.")}
-        busy = self.backend.active_job(identity)
-        if busy is not None:
-            return {**hidden, w.message: error_html(f"{identity!r} has a {busy.state} training (job {busy.id}); "
-                                                    "cancel it in the Train tab before deleting")}
         try:
-            removed, kept = remove_identity(identity_paths(identity, self.backend.root))
+            removed, kept = self.backend.services.identities.delete(identity)
+        except IdentityBusyError as error:
+            return {**hidden, w.message: error_html(str(error))}
+        except IdentityNotFoundError:
+            removed, kept = [], []
         except IdentityError as error:  # e.g. the folder is a symbolic link: not ours to delete
             return {**hidden, w.message: error_html(str(error))}
         except OSError as error:
@@ -175,33 +169,30 @@ class IdentityListing:
 
 
 def identity_listing(backend: UiBackend) -> IdentityListing:
-    root = backend.root
-    active = {job.identity: job for job in backend.runner.jobs() if job.state in (QUEUED, RUNNING)}
     listing = IdentityListing([], [], [], [])
-    for identity in list_identities(root):
-        try:
-            paths = identity_paths(identity, root)
-        except IdentityError:
-            continue  # a symbolic link or a stray file: not an identity we manage
-        info = identity_info(paths, active[identity].id if identity in active else None)
-        listing.ids.append(identity)
-        listing.rows.append(_table_row(info, active.get(identity)))
-        face = paths.dataset_layout().reference_face
+    for info in backend.services.identities.infos():  # symbolic links and stray files are not listed
+        listing.ids.append(info.id)
+        listing.rows.append(_table_row(info.to_json(), info.active_job))
+        face = backend.services.identities.paths(info.id).dataset_layout().reference_face
         if face.is_file():
-            listing.faces.append((str(face), identity))
-            listing.face_ids.append(identity)
+            listing.faces.append((str(face), info.id))
+            listing.face_ids.append(info.id)
     return listing
 
 
 def _table_row(info: dict, job) -> list:
     if job is not None:
-        status = f"training ({job.state})"
+        status = "training" if job.kind == "train" else f"in a {job.kind} job"
+        status += f" ({job.state})"
     elif info["has_lora"]:
         status = "ready"
     else:
         status = "prepared, not trained" if info["prepared"] else "no usable photos"
-    return [info["id"], _date(info["trained_at"]), info["base_model"] or "", _megabytes(info["lora_size_bytes"]),
-            info["photos"], status]
+    base = info["base_model"] or ""
+    if base and info["family"]:
+        base += f" ({family_label(info['family'])})"
+    return [info["id"], _date(info["trained_at"]), base, _megabytes(info["lora_size_bytes"]), info["photos"],
+            status]
 
 
 def _date(iso: str | None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from pathlib import Path
 import gradio as gr
 from pydantic import ValidationError
 
-from portrait_core.adapters.http.api import UploadLimits, job_status, prepare_upload, safe_photo_name
 from portrait_core.adapters.ui.backend import UiBackend, log
 from portrait_core.adapters.ui.forms import (
     FormError,
@@ -33,9 +31,11 @@ from portrait_core.errors import (
     NoUsablePhotosError,
     PortraitError,
 )
-from portrait_core.jobs import DONE, FAILED, FINISHED_STATES, QUEUED, Job, JobNotFoundError
+from portrait_core.jobs import DONE, FAILED, FINISHED_STATES, QUEUED, Job, JobNotFoundError, job_status
 from portrait_core.params import TrainParams
-from portrait_core.services.training import DatasetMissingError, start_training
+from portrait_core.services.identities import IdentityBusyError
+from portrait_core.services.training import DatasetMissingError
+from portrait_core.services.uploads import UploadLimits, safe_photo_name
 from portrait_core.store import identity_paths, read_json, validate_identity_id
 from portrait_core.training.trainer import eta_text
 
@@ -149,25 +149,20 @@ class TrainHandlers:
 
     def __init__(self, backend: UiBackend, widgets: TrainTab):
         self.backend, self.w = backend, widgets
-        self._start_lock = threading.Lock()  # "is it busy?" and "queue it" as one step, for every page
 
     def start(self, form: dict) -> dict:
         w = self.w
         try:
             params = self._params(form)
             uploads = read_uploads(form[w.photos])
-            with self._start_lock:
-                report, job = self._prepare_and_queue(params, uploads)
+            report, job, notes = self._prepare_and_queue(params, uploads)
         except Refusal as refusal:
             return {w.message: error_html(refusal.lines, "Training not started"),
                     w.report: refusal.report if refusal.report is not None else gr.update()}
         except FormError as error:
             return {w.message: error_html(validation_messages(error, TrainParams), "Training not started")}
         log.info("UI: queued training %s for %s (%d photos uploaded)", job.id, params.identity, len(uploads))
-        note = f"Training of {params.identity!r} queued (job {job.id})."
-        if params.base_model is None:
-            note += (" No base checkpoint chosen: this trains the tiny local model, which shows the pipeline "
-                     "working, not a likeness.")
+        note = " ".join([f"Training of {params.identity!r} queued (job {job.id}).", *(f"Note: {n}." for n in notes)])
         return {w.message: info_html(note), w.report: report, w.progress: progress_html(job, None), w.job_id: job.id}
 
     def watch(self, job_id: str | None) -> Iterator[dict]:
@@ -250,44 +245,32 @@ class TrainHandlers:
             raise Refusal(validation_messages(error, TrainParams)) from error
 
     def _base_model(self, name: str | None) -> str | None:
-        if not name:
-            if self.backend.in_webui:  # empty would mean the tiny test model: no use inside the WebUI
-                raise Refusal("Base checkpoint (base_model): choose the checkpoint to train on")
-            return None
-        try:
-            return str(self.backend.checkpoint_path(name))
-        except (KeyError, PortraitError) as error:
-            raise Refusal(f"Base checkpoint (base_model): {name!r} is not available any more; "
-                          "refresh the list") from error
+        # Empty: the host's current checkpoint (the one selected in the WebUI, the served one standalone);
+        # the TrainingService decides, for this tab and the HTTP API alike.
+        return name or None
 
-    def _prepare_and_queue(self, params: TrainParams, uploads: list[UploadedPhoto]) -> tuple[str, Job]:
-        busy = self.backend.active_job(params.identity)
-        if busy is not None:
-            raise Refusal(f"{params.identity!r} already has a {busy.state} training (job {busy.id}); "
-                          "wait for it or cancel it first")
-        report = self._prepare(params, uploads) if uploads else stored_report_html(params.identity,
-                                                                                   self.backend.root)
-        try:
-            job = start_training(self.backend.runner, params, root=self.backend.root)
-        except DatasetMissingError as error:
-            raise Refusal(f"Photos: none uploaded, and {params.identity!r} has no prepared photos to train "
-                          "again from; upload 5–20 photos", report) from error
-        except CheckpointError as error:
-            raise Refusal(f"Base checkpoint (base_model): {error}", report) from error
-        return report, job
-
-    def _prepare(self, params: TrainParams, uploads: list[UploadedPhoto]) -> str:
+    def _prepare_and_queue(self, params: TrainParams, uploads: list[UploadedPhoto]) -> tuple[str, Job, list[str]]:
         photos = [(upload.file, upload.data) for upload in uploads]
         try:
-            report = prepare_upload(self.backend.root, params.identity, photos, top_k=params.top_k_photos,
-                                    gpu_lock=self.backend.gpu_lock)
+            started = self.backend.services.training.start(params, photos)
+        except IdentityBusyError as error:
+            raise Refusal(str(error)) from error
         except NoUsablePhotosError as error:
             raise Refusal(str(error), report_html(error.report.to_json(), uploads)) from error
         except ModelUnavailableError as error:
             raise Refusal(f"Face models are not available: {error}") from error
+        except DatasetMissingError as error:
+            raise Refusal(f"Photos: none uploaded, and {params.identity!r} has no prepared photos to train "
+                          "again from; upload 5–20 photos") from error
+        except CheckpointError as error:
+            raise Refusal(f"Base checkpoint (base_model): {error}") from error
         except IdentityError as error:
             raise Refusal(str(error)) from error
-        return report_html(report.to_json(), uploads)
+        if started.report is not None:
+            report = report_html(started.report.to_json(), uploads)
+        else:
+            report = stored_report_html(params.identity, self.backend.root)
+        return report, started.job, started.notes
 
     def _job(self, job_id: str | None) -> Job | None:
         if not job_id:

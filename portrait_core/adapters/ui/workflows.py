@@ -67,18 +67,15 @@ def build_workflows_tab(backend: UiBackend) -> WorkflowsTab:
 
 def run_workflow(backend: UiBackend, text: str, pose_image, look_image) -> tuple:
     """Parse, validate and run; returns (gallery items, first infotext, message HTML)."""
-    from portrait_core.generate.workflow import WorkflowRunner
-
     try:
         workflow = WorkflowParams(**json.loads(text or "{}"))
     except (ValueError, ValidationError) as error:
         return [], "", error_html(str(error), "The workflow is not valid")
     images = {name: image.convert("RGB") for name, image in ((POSE_IMAGE, pose_image), (LOOK_IMAGE, look_image))
               if image is not None}
-    service = backend.generation()
     try:
         with backend.generation_context():
-            outputs = WorkflowRunner(service.generator.host, generation=service).run(workflow, images)
+            outputs = backend.services.workflows.run(workflow, images)
     except PortraitError as error:
         return [], "", error_html(str(error), "Nothing generated")
     gallery = [(image, f"step {o.index + 1} · {o.op}") for o in outputs for image in o.images]

@@ -21,8 +21,9 @@ parser.add_argument("--nowebui", action="store_true")
 parser.add_argument("--disable-all-extensions", action="store_true", default=False)
 parser.add_argument("--disable-extra-extensions", action="store_true", default=False)
 # Added in the real WebUI by the built-in Lora extension's preload.py (extensions-builtin/Lora/preload.py),
-# default <models>/Lora; kept here so the double's parser knows it.
-parser.add_argument("--lora-dir", type=str, default=None, help="Path to directory with Lora networks.")
+# with the same default, <models>/Lora.
+parser.add_argument("--lora-dir", type=str, default=str(Path(models_path) / "Lora"),
+                    help="Path to directory with Lora networks.")
 # Folders of the built-in face restorers and upscalers (real defaults: under the models folder).
 parser.add_argument("--codeformer-models-path", type=normalized_filepath,
                     default=str(Path(models_path) / "Codeformer"))

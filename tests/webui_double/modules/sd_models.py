@@ -46,3 +46,17 @@ def list_models():
         lowered = path.name.lower()
         if path.is_file() and lowered.endswith(CHECKPOINT_SUFFIXES) and not lowered.endswith(VAE_SUFFIXES):
             CheckpointInfo(str(path)).register()
+
+
+def select_checkpoint():
+    """As the real one: the settings' checkpoint if known, else the first listed; FileNotFoundError if none."""
+    from modules import shared
+
+    model_checkpoint = shared.opts.sd_model_checkpoint
+    checkpoint_info = checkpoint_aliases.get(model_checkpoint)
+    if checkpoint_info is not None:
+        return checkpoint_info
+    if len(checkpoints_list) == 0:
+        raise FileNotFoundError(f"No checkpoints found. When searching for checkpoints, looked at:\n - directory "
+                                f"{model_path}Can't run without a checkpoint.")
+    return next(iter(checkpoints_list.values()))

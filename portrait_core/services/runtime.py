@@ -1,0 +1,88 @@
+"""The services of one process, built once and shared by every door (tabs, HTTP routes, CLI).
+
+One PortraitServices per process means one job runner, one lock per identity and one host: the rules
+(one training per identity, what "active" means, the default base model, who owns the GPU) cannot differ
+between the door a user clicked and the one a script called.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from portrait_core.hosts.base import Host
+from portrait_core.jobs import JobRunner
+from portrait_core.services.generation import GenerationService
+from portrait_core.services.identities import IdentityService
+from portrait_core.services.training import TrainingService, standalone_base_model
+from portrait_core.services.workflows import WorkflowService
+from portrait_core.services.workspace import Workspace
+
+
+class LazyHost:
+    """Builds the host on first use (it may load models), once, whichever thread asks first."""
+
+    def __init__(self, factory: Callable[[], Host]):
+        self._factory = factory
+        self._host: Host | None = None
+        self._guard = threading.Lock()
+
+    def __call__(self) -> Host:
+        with self._guard:
+            if self._host is None:
+                self._host = self._factory()
+            return self._host
+
+    @property
+    def built(self) -> bool:
+        return self._host is not None
+
+
+@dataclass
+class PortraitServices:
+    workspace: Workspace
+    runner: JobRunner
+    host: LazyHost
+    identities: IdentityService
+    training: TrainingService
+    generation: GenerationService
+    workflows: WorkflowService
+    in_webui: bool = False
+
+    @classmethod
+    def create(cls, workspace: Workspace, host: Callable[[], Host], *, in_webui: bool = False,
+               runner: JobRunner | None = None, analyzer=None,
+               default_checkpoint: Callable[[], str | None] | None = None) -> PortraitServices:
+        """`host()` builds the host (called once, on first use); `default_checkpoint()` names the checkpoint a
+        training without `base_model` uses (None or "": the host's current one)."""
+        runner = runner or JobRunner(workspace.jobs)
+        lazy = host if isinstance(host, LazyHost) else LazyHost(host)
+        identities = IdentityService(workspace, runner, gpu_session=lambda job: lazy().session(job))
+        generation = GenerationService(workspace, identities, runner, lazy, analyzer=analyzer)
+        return cls(workspace=workspace, runner=runner, host=lazy, identities=identities,
+                   training=TrainingService(workspace, runner, identities, lazy,
+                                            default_checkpoint=default_checkpoint),
+                   generation=generation, workflows=WorkflowService(generation), in_webui=in_webui)
+
+    def close(self) -> None:
+        """Stop the job runner (a running training is stopped and resumes from its checkpoint next start)."""
+        self.runner.close()
+
+
+def standalone_services(workspace: Workspace | None = None, base_model: Path | str | None = None, *,
+                        sdxl: bool = False, checkpoints_dir: Path | None = None, progress=None,
+                        runner: JobRunner | None = None) -> PortraitServices:
+    """The services on a DiffusersHost serving `base_model` (else the tiny local model, SDXL with `sdxl`)."""
+    workspace = workspace or Workspace.from_settings()
+
+    def build_host() -> Host:
+        from portrait_core.hosts.diffusers_host import DiffusersHost
+
+        return DiffusersHost(standalone_base_model(base_model, sdxl=sdxl), lora_dir=workspace.loras,
+                             checkpoints_dir=checkpoints_dir, progress_callback=progress)
+
+    if base_model is not None:
+        standalone_base_model(base_model)  # a wrong path fails here, before anything is written
+    return PortraitServices.create(workspace, build_host, runner=runner)
