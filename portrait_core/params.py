@@ -6,12 +6,13 @@ it instead of being silently ignored. Later issues extend TrainParams and Genera
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Tuple, Union
+from typing import Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, Extra, Field, ValidationError, root_validator, validator
 
-ControlKind = Literal["canny", "openpose", "tile", "color", "ip_adapter", "instant_id"]
-ControlMode = Literal["balanced", "prompt", "control"]
+from portrait_core.errors import IdentityError
+from portrait_core.store import IDENTITY_ID_MAX_LENGTH, IDENTITY_ID_PATTERN, validate_identity_id
+
 # Sampler names as the WebUI shows them; every host maps them onto its own schedulers.
 SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC", "LMS", "Heun", "PNDM")
 SamplerName = Literal["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC", "LMS", "Heun", "PNDM"]
@@ -19,60 +20,30 @@ SamplerName = Literal["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM",
 MIN_SIZE, MAX_SIZE = 64, 2048
 
 
+class IdentityId(str):
+    """An identity's id wherever a parameter names one: the one rule, `store.validate_identity_id` (ASCII
+    letters, digits, '-' and '_', starting with a letter or digit, at most 64 characters, no device name)."""
+
+    @classmethod
+    def __get_validators__(cls):
+        yield cls._validate
+
+    @classmethod
+    def _validate(cls, value):
+        try:
+            return validate_identity_id(value)
+        except IdentityError as error:
+            raise ValueError(str(error)) from None
+
+    @classmethod
+    def __modify_schema__(cls, schema: dict) -> None:
+        schema.update(type="string", minLength=1, maxLength=IDENTITY_ID_MAX_LENGTH, pattern=IDENTITY_ID_PATTERN)
+
+
 class StrictModel(BaseModel):
     class Config:
         extra = Extra.forbid
         validate_assignment = True
-
-
-class ControlParams(StrictModel):
-    """One ControlNet unit's settings (the image travels separately, see hosts.base.Control)."""
-
-    kind: ControlKind
-    weight: float = Field(1.0, ge=0.0, le=2.0, description="control strength, as the WebUI's 0–2 slider")
-    start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps where the control starts")
-    end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where the control stops")
-    mode: ControlMode = "balanced"
-
-    @root_validator(skip_on_failure=True)
-    def _start_before_end(cls, values):  # noqa: N805 - pydantic validators take the class
-        if values["start"] > values["end"]:
-            raise ValueError(f"start ({values['start']}) must not be after end ({values['end']})")
-        return values
-
-
-class LoraWeight(StrictModel):
-    """A LoRA by name (a file in the LoRA folder, without extension) and its weight in the prompt."""
-
-    name: str = Field(..., min_length=1, max_length=200, regex=r"^[A-Za-z0-9_\-][A-Za-z0-9_\-. ]*$")
-    weight: float = Field(0.9, ge=-4.0, le=4.0)
-
-
-class DiffusionParams(StrictModel):
-    """What one txt2img or inpaint call on a host needs besides its images."""
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    steps: int = Field(20, ge=1, le=150)
-    cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
-    denoise: float = Field(0.45, ge=0.0, le=1.0, description="img2img/inpaint strength")
-    seed: int = Field(-1, ge=-1, le=2**32 - 1, description="-1 picks a random seed, reported back")
-    sampler: SamplerName = "Euler a"
-    width: int = Field(512, ge=MIN_SIZE, le=MAX_SIZE)
-    height: int = Field(512, ge=MIN_SIZE, le=MAX_SIZE)
-    mask_blur: int = Field(4, ge=0, le=64, description="feather of the mask edge, in pixels")
-    controls: List[ControlParams] = Field(default_factory=list)
-    loras: List[LoraWeight] = Field(default_factory=list)
-
-    @validator("width", "height")
-    def _multiple_of_8(cls, value, field):  # noqa: N805
-        if value % 8:
-            raise ValueError(f"{field.name} must be a multiple of 8, got {value}")
-        return value
-
-    @property
-    def size(self) -> Tuple[int, int]:
-        return (self.width, self.height)
 
 
 class TrainParams(StrictModel):
@@ -82,7 +53,7 @@ class TrainParams(StrictModel):
     for SD1.5, 1024 / 32 / 16 for SDXL.
     """
 
-    identity: str = Field(..., min_length=1, max_length=64, regex=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    identity: IdentityId
     base_model: Optional[str] = Field(None, description="checkpoint path or name; empty: the tiny local model")
     resolution: Optional[int] = Field(None, ge=64, le=2048)
     max_train_steps: int = Field(800, ge=1, le=100_000)
@@ -105,16 +76,6 @@ class TrainParams(StrictModel):
             raise ValueError(f"resolution must be a multiple of 8, got {value}")
         return value
 
-    def trainer_arguments(self) -> list[str]:
-        """The trainer CLI flags these parameters stand for (paths are added by the caller)."""
-        flags = {"--identity": self.identity, "--max-steps": self.max_train_steps,
-                 "--steps-per-photo": self.steps_per_photo, "--batch-size": self.batch_size,
-                 "--grad-accum": self.gradient_accumulation, "--learning-rate": self.learning_rate,
-                 "--text-encoder-lr-ratio": self.text_encoder_lr_ratio, "--validate-every": self.validate_every,
-                 "--merge-top": self.merge_top, "--early-stop-patience": self.early_stop_patience,
-                 "--seed": self.seed, "--resolution": self.resolution, "--rank": self.rank, "--alpha": self.alpha}
-        return [part for flag, value in flags.items() if value is not None for part in (flag, str(value))]
-
 
 class GenerateParams(StrictModel):
     """One portrait from a template; reference defaults from ARCHITECTURE.md (EasyPhoto's).
@@ -123,7 +84,8 @@ class GenerateParams(StrictModel):
     around it (canny + tile). Face fusion pastes the user's reference face before pass 1 and after it.
     """
 
-    identities: List[str] = Field(..., min_items=1, description="one identity per template face, left to right")
+    identities: List[IdentityId] = Field(..., min_items=1, max_items=16,
+                                         description="one identity per template face, left to right")
     face_order: Optional[List[int]] = Field(None, description="which template face (0 = leftmost) each "
                                                               "identity goes to; default: 0, 1, 2 ...")
     prompt: str = Field("", max_length=2000, description="added after the identity's trigger words")
@@ -153,12 +115,6 @@ class GenerateParams(StrictModel):
     sampler: SamplerName = "Euler a"
     seed: int = Field(-1, ge=-1, le=2**32 - 1)
     batch: int = Field(1, ge=1, le=16, description="seeds seed, seed+1, ...; results ranked by identity score")
-
-    @validator("identities", each_item=True)
-    def _identity_names(cls, value):  # noqa: N805
-        if not value or not all(ch.isalnum() or ch in "-_" for ch in value):
-            raise ValueError(f"identity {value!r} may hold only letters, digits, '-' and '_'")
-        return value
 
     @validator("crop_size")
     def _crop_multiple_of_8(cls, value):  # noqa: N805
@@ -190,8 +146,7 @@ class _DiffusionStep(StrictModel):
     samples: int = Field(1, ge=1, le=4, description="images made by this step (seeds seed, seed+1, ...)")
     width: Optional[int] = Field(None, ge=MIN_SIZE, le=MAX_SIZE, description="default: the input's, else 1024/512")
     height: Optional[int] = Field(None, ge=MIN_SIZE, le=MAX_SIZE)
-    identity: Optional[str] = Field(None, regex=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
-                                    description="a trained identity: its LoRA joins the prompt")
+    identity: Optional[IdentityId] = Field(None, description="a trained identity: its LoRA joins the prompt")
     lora_weight: float = Field(0.9, ge=0.0, le=2.0)
 
     @validator("width", "height")
@@ -228,7 +183,7 @@ class ImagePromptPoseStep(_DiffusionStep):
 
 class PortraitStep(StrictModel):
     op: Literal["portrait"]
-    identities: List[str] = Field(..., min_items=1)
+    identities: List[IdentityId] = Field(..., min_items=1, max_items=16)
     template: Optional[str] = Field(None, regex=IMAGE_REF, description="default: the previous step's output")
     options: Dict[str, Union[float, int, bool, str]] = Field(default_factory=dict,
                                                               description="other GenerateParams fields")
@@ -311,5 +266,5 @@ def _parse_step(index: int, step):
 
 def params_json_schema() -> dict:
     """JSON schema of every parameter model, for `GET /sdapi/v1/portrait/schema` and the docs."""
-    models = (ControlParams, LoraWeight, DiffusionParams, TrainParams, GenerateParams, WorkflowParams)
+    models = (TrainParams, GenerateParams, WorkflowParams)  # what the endpoints accept
     return {model.__name__: model.schema() for model in models}

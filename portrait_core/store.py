@@ -42,7 +42,8 @@ from portrait_core.log import get_logger
 log = get_logger("store")
 
 IDENTITY_ID_MAX_LENGTH = 64
-_IDENTITY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+IDENTITY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+_IDENTITY_ID = re.compile(IDENTITY_ID_PATTERN)
 _WINDOWS_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
                                    *(f"lpt{i}" for i in range(10))})
 _STALE_STAGING_SECONDS = 24 * 3600

@@ -5,13 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from portrait_core.params import (
-    ControlParams,
-    DiffusionParams,
-    GenerateParams,
-    TrainParams,
-    params_json_schema,
-)
+from portrait_core.params import GenerateParams, TrainParams, WorkflowParams, params_json_schema
 
 
 def test_runs_on_pydantic_1_like_the_webui():
@@ -27,12 +21,9 @@ def test_reference_defaults():
 
 
 @pytest.mark.parametrize(("model", "fields", "named"), [
-    (DiffusionParams, {"width": 500}, "width"),
-    (DiffusionParams, {"steps": 0}, "steps"),
-    (DiffusionParams, {"sampler": "Turbo"}, "sampler"),
-    (DiffusionParams, {"stepz": 3}, "stepz"),
-    (ControlParams, {"kind": "canny", "start": 0.8, "end": 0.2}, "start"),
-    (ControlParams, {"kind": "depthmap"}, "kind"),
+    (GenerateParams, {"identities": ["a"], "crop_size": 500}, "crop_size"),
+    (GenerateParams, {"identities": ["a"], "sampler": "Turbo"}, "sampler"),
+    (GenerateParams, {"identities": ["a"], "stepz": 3}, "stepz"),
     (TrainParams, {"identity": "../etc"}, "identity"),
     (GenerateParams, {"identities": ["ok", "bad/name"]}, "identities"),
 ])
@@ -42,12 +33,24 @@ def test_invalid_values_name_the_field(model, fields, named):
     assert named in str(error.value)
 
 
-def test_schema_lists_every_model_with_its_constraints():
+def test_schema_lists_the_models_the_endpoints_accept_with_their_constraints():
     schema = params_json_schema()
-    assert set(schema) == {"ControlParams", "LoraWeight", "DiffusionParams", "TrainParams", "GenerateParams",
-                           "WorkflowParams"}
-    steps = schema["DiffusionParams"]["properties"]["steps"]
+    assert set(schema) == {"TrainParams", "GenerateParams", "WorkflowParams"}
+    steps = schema["GenerateParams"]["properties"]["first_pass_steps"]
     assert steps["minimum"] == 1 and steps["maximum"] == 150
+    identity = schema["TrainParams"]["properties"]["identity"]
+    assert identity["maxLength"] == 64 and identity["pattern"].startswith("^[A-Za-z0-9]")
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 65, "x" * 300, "con", "a.b", "../up", "ana lopez", 12])
+def test_one_identity_rule_for_every_field_that_names_an_identity(bad):
+    """The same id is refused wherever it appears: training, generation, a workflow step, a portrait step."""
+    attempts = [lambda: TrainParams(identity=bad), lambda: GenerateParams(identities=[bad]),
+                lambda: WorkflowParams(steps=[{"op": "txt2img", "identity": bad}]),
+                lambda: WorkflowParams(steps=[{"op": "portrait", "identities": [bad]}])]
+    for attempt in attempts:
+        with pytest.raises(pydantic.ValidationError, match="identity"):
+            attempt()
 
 
 def test_the_issue_7_workflow_file_format_parses():

@@ -19,7 +19,7 @@ from PIL import Image
 
 from portrait_core.errors import CheckpointError, ControlError, InputImageError
 
-CONTROL_KINDS = ("canny", "openpose", "tile", "color", "ip_adapter", "instant_id")
+CONTROL_KINDS = ("canny", "openpose", "tile", "color", "ip_adapter")
 CONTROL_MODES = ("balanced", "prompt", "control")
 
 

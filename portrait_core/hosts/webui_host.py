@@ -106,10 +106,6 @@ CONTROL_SPECS = {
         "ip_adapter": ControlSpec((UnitSpec("ip-adapter_clip_sdxl_plus_vith", (
             "ip-adapter-plus-face_sdxl_vit-h", "ip-adapter-plus_sdxl_vit-h", "ip-adapter_sdxl_vit-h"), spatial=False),),
             ready_module=None, download="huggingface.co/h94/IP-Adapter (sdxl_models/)"),
-        "instant_id": ControlSpec((
-            UnitSpec("instant_id_face_embedding", ("ip-adapter_instant_id_sdxl",), spatial=False),
-            UnitSpec("instant_id_face_keypoints", ("control_instant_id_sdxl",))),
-            ready_module=None, download="huggingface.co/InstantX/InstantID"),
     },
 }
 
@@ -361,10 +357,13 @@ class WebUIHost:
             self._local.session = None
 
     def samplers(self) -> list[str]:
-        """The WebUI's own sampler list (what its txt2img dropdown shows)."""
+        """The WebUI's own sampler list (what its txt2img dropdown shows), then the "NAME Scheduler" forms of
+        ours it resolves (e.g. "DPM++ 2M Karras"): a name not here is refused before the queue is joined."""
         from modules import sd_samplers
+        from portrait_core.params import SAMPLERS
 
-        return list(sd_samplers.visible_sampler_names())
+        visible = list(sd_samplers.visible_sampler_names())
+        return visible + [name for name in SAMPLERS if name not in visible and _resolves_sampler(name)]
 
     # ---- internals: a diffusion call -------------------------------------------------------------------
     def _prepare(self, prompt: str, controls: Sequence[Control], lora: LoraList, sampler: str,
@@ -709,6 +708,14 @@ def _webui_sampler(name: str) -> tuple[str, str]:
         known = ", ".join(sd_samplers.visible_sampler_names())
         raise InputImageError(f"unknown sampler {name!r}; the WebUI has {known}")
     return sampler, scheduler
+
+
+def _resolves_sampler(name: str) -> bool:
+    try:
+        _webui_sampler(name)
+    except InputImageError:
+        return False
+    return True
 
 
 def _face_restorer(name: str):

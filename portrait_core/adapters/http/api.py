@@ -373,7 +373,7 @@ async def _read_json_request(request: Request, limits: UploadLimits) -> _TrainUp
     except ValidationError as error:
         items = [_error_item(("body", *e["loc"]), e["msg"], e["type"]) for e in error.errors()]
         raise HTTPException(422, items) from error
-    params = check_train_params(parsed.params)
+    params = parsed.params
     _check_photo_count(len(parsed.photos), limits)
     photos = [_Photo(p.name, safe_photo_name(i, p.name), decode_base64_photo(p.data, i, limits))
               for i, p in enumerate(parsed.photos)]
@@ -420,7 +420,7 @@ def _parse_params_text(text: Optional[str]) -> TrainParams:
     except ValueError as error:
         raise _field_error(422, ("body", "params"), f"params is not valid JSON: {error}", "value_error.json") from error
     try:
-        return check_train_params(TrainParams.parse_obj(raw))
+        return TrainParams.parse_obj(raw)
     except ValidationError as error:
         items = [_error_item(("body", "params", *e["loc"]), e["msg"], e["type"]) for e in error.errors()]
         raise HTTPException(422, items) from error
@@ -432,15 +432,6 @@ async def _read_upload(upload: UploadFile, index: int, limits: UploadLimits) -> 
         raise _photo_too_large(index, upload.filename, limits)
     name = upload.filename or f"photo-{index + 1}"
     return _Photo(name=name[:255], file=safe_photo_name(index, name), data=data)
-
-
-def check_train_params(params: TrainParams) -> TrainParams:
-    """What TrainParams alone cannot know: the identity id must also be safe as a folder name everywhere."""
-    try:
-        validate_identity_id(params.identity)
-    except IdentityError as error:
-        raise _field_error(422, ("body", "params", "identity"), str(error)) from error
-    return params
 
 
 def _check_photo_count(count: int, limits: UploadLimits) -> None:
