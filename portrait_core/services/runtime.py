@@ -62,7 +62,7 @@ class PortraitServices:
         identities = IdentityService(workspace, runner, gpu_session=lambda job: lazy().session(job))
         generation = GenerationService(workspace, identities, runner, lazy, analyzer=analyzer)
         return cls(workspace=workspace, runner=runner, host=lazy, identities=identities,
-                   training=TrainingService(workspace, runner, identities, lazy,
+                   training=TrainingService(workspace, runner, identities, lazy, in_webui=in_webui,
                                             default_checkpoint=default_checkpoint),
                    generation=generation, workflows=WorkflowService(generation), in_webui=in_webui)
 

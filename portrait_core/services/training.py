@@ -3,8 +3,8 @@
 Every door (the Train tab, `POST train`, `python -m portrait_core train`) calls `TrainingService.start`:
 - the base model: the checkpoint the client names (as the host lists it; a path only from the command
   line); without one, the default checkpoint of the Settings, else the host's current checkpoint: inside
-  the WebUI the one selected there, standalone the served `--base-model`, else the tiny local model with a
-  note saying it shows the pipeline, not a likeness;
+  the WebUI the one selected there (the tiny test model is refused there), standalone the served
+  `--base-model`, else the tiny local model with a note saying it shows the pipeline, not a likeness;
 - one training per identity across all doors (IdentityBusyError otherwise), photos prepared and swapped
   in under the same hold, so a refused request changes nothing on disk;
 - the identity, its LoRA and the job live in the service's Workspace (one home holds everything).
@@ -25,6 +25,7 @@ from portrait_core.log import get_logger
 from portrait_core.params import TrainParams
 from portrait_core.services.identities import IdentityService
 from portrait_core.services.workspace import Workspace
+from portrait_core.store import atomic_write_json
 
 log = get_logger("training")
 
@@ -49,9 +50,11 @@ class TrainingService:
     """`host()` gives the generation host (built on first use): it knows the checkpoints and the GPU."""
 
     def __init__(self, workspace: Workspace, runner: JobRunner, identities: IdentityService,
-                 host: Callable[[], Host], *, default_checkpoint: Callable[[], str | None] | None = None):
+                 host: Callable[[], Host], *, in_webui: bool = False,
+                 default_checkpoint: Callable[[], str | None] | None = None):
         self.workspace, self.runner, self.identities = workspace, runner, identities
         self._host = host
+        self.in_webui = in_webui
         # The checkpoint a training without `base_model` uses before the host's current one (WebUI Settings).
         self._default_checkpoint = default_checkpoint
 
@@ -84,7 +87,12 @@ class TrainingService:
                 raise CheckpointError(str(error)) from error
         else:
             chosen = self._current_checkpoint()
-        return chosen, [TINY_MODEL_NOTE] if is_tiny_model(chosen) else []
+        if not is_tiny_model(chosen):
+            return chosen, []
+        if self.in_webui:  # its LoRA makes the WebUI's own txt2img fail (NaN); it is a test model, not a base
+            raise CheckpointError("the tiny local test model cannot be trained inside the WebUI; choose one of the "
+                                  "WebUI's checkpoints (base_model), or leave it empty for the selected one")
+        return chosen, [TINY_MODEL_NOTE]
 
     def _default_name(self) -> str | None:
         return (self._default_checkpoint() or None) if self._default_checkpoint is not None else None
@@ -104,7 +112,8 @@ class TrainingService:
                                       "(or run python -m portrait_core preprocess PHOTOS --id NAME first)")
         job_output = paths.folder / "training" / _new_run_name()
         final_lora = self.workspace.lora_file(params.identity)
-        command = trainer_command(params, base_model=base_model, dataset_images=layout.images,
+        params_file = atomic_write_json(job_output / "params.json", params.dict(exclude={"base_model"}))
+        command = trainer_command(params_file, base_model=base_model, dataset_images=layout.images,
                                   dataset_dir=paths.dataset, output_dir=job_output, final_lora=final_lora,
                                   face_reference=paths.folder / "face_reference.png")
         return self.runner.submit("train", params.identity, command, job_output, final_lora)
@@ -129,12 +138,12 @@ def standalone_base_model(base_model: Path | str | None, *, sdxl: bool = False) 
     return ensure_tiny_sdxl() if sdxl else ensure_tiny_sd15()
 
 
-def trainer_command(params: TrainParams, *, base_model: Path, dataset_images: Path, dataset_dir: Path,
+def trainer_command(params_file: Path, *, base_model: Path, dataset_images: Path, dataset_dir: Path,
                     output_dir: Path, final_lora: Path, face_reference: Path) -> list[str]:
+    """The trainer's command line: paths, and the TrainParams file (the one place its settings come from)."""
     return [TRAINER_MODULE, "--base-model", str(base_model), "--dataset", str(dataset_images),
-            "--output-dir", str(output_dir), "--final-lora", str(final_lora),
-            "--validation-dir", str(dataset_dir), "--face-reference", str(face_reference),
-            *params.trainer_arguments()]
+            "--output-dir", str(output_dir), "--final-lora", str(final_lora), "--params", str(params_file),
+            "--validation-dir", str(dataset_dir), "--face-reference", str(face_reference)]
 
 
 def _new_run_name() -> str:

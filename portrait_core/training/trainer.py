@@ -21,6 +21,7 @@ from pathlib import Path
 
 from portrait_core.errors import PortraitError
 from portrait_core.log import configure_logging, get_logger
+from portrait_core.params import TrainParams
 
 log = get_logger("trainer")
 
@@ -34,26 +35,26 @@ class TrainingCancelled(Exception):  # noqa: N818 - a signal turned into control
     """SIGTERM/SIGINT arrived: stop at once; atomic writes leave only complete files behind."""
 
 
+# TrainParams field -> the trainer's flag for it (and the attribute the training loop reads). The values and
+# their defaults come from TrainParams alone: the job writes them to a JSON file (--params); a flag overrides.
+PARAM_FLAGS = {"identity": "identity", "max_train_steps": "max_steps", "steps_per_photo": "steps_per_photo",
+               "batch_size": "batch_size", "gradient_accumulation": "grad_accum", "learning_rate": "learning_rate",
+               "text_encoder_lr_ratio": "text_encoder_lr_ratio", "resolution": "resolution", "rank": "rank",
+               "alpha": "alpha", "validate_every": "validate_every", "merge_top": "merge_top",
+               "early_stop_patience": "early_stop_patience", "seed": "seed"}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="portrait_core.training.trainer", description=__doc__.split("\n")[0])
     parser.add_argument("--base-model", type=Path, required=True, help="diffusers folder or .safetensors")
     parser.add_argument("--dataset", type=Path, required=True, help="folder of training images (+ .txt captions)")
     parser.add_argument("--output-dir", type=Path, required=True, help="checkpoints, progress and validation")
     parser.add_argument("--final-lora", type=Path, default=None, help="where the merged LoRA goes")
-    parser.add_argument("--identity", default="person")
+    parser.add_argument("--params", type=Path, default=None, help="TrainParams as JSON (what a job writes)")
+    for name, attribute in PARAM_FLAGS.items():
+        parser.add_argument("--" + attribute.replace("_", "-"), dest=attribute, default=None,
+                            help=f"TrainParams.{name} (overrides --params)")
     parser.add_argument("--caption", default=None, help="caption for images without a .txt (default: a photo of ID)")
-    parser.add_argument("--resolution", type=int, default=None, help="default 512, SDXL 1024")
-    parser.add_argument("--max-steps", type=int, default=800)
-    parser.add_argument("--steps-per-photo", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--grad-accum", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--text-encoder-lr-ratio", type=float, default=0.5)
-    parser.add_argument("--rank", type=int, default=None, help="default 128, SDXL 32")
-    parser.add_argument("--alpha", type=float, default=None, help="default 64, SDXL 16")
-    parser.add_argument("--validate-every", type=int, default=100)
-    parser.add_argument("--merge-top", type=int, default=4, help="best validation images that vote in the merge")
-    parser.add_argument("--early-stop-patience", type=int, default=0, help="stop after K validations without gain")
     parser.add_argument("--validation-dir", type=Path, default=None,
                         help="the identity's prepared dataset folder (manifest.json + embeddings.json)")
     parser.add_argument("--validation-images", type=int, default=2, help="templates rendered per validation")
@@ -63,11 +64,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--face-reference", type=Path, default=None,
                         help="where to copy the best validation render (the face reference for generation)")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint-N files after the merge")
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto")
     parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output-dir")
     parser.add_argument("--loglevel", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    params = train_params(args)
+    for name, attribute in PARAM_FLAGS.items():
+        setattr(args, attribute, getattr(params, name))
+    return args
+
+
+def train_params(args: argparse.Namespace) -> TrainParams:
+    """The --params file with the flags given on top, validated as TrainParams (its errors name the field)."""
+    values = json.loads(args.params.read_text(encoding="utf-8")) if args.params else {"identity": "person"}
+    values.update({name: getattr(args, attribute) for name, attribute in PARAM_FLAGS.items()
+                   if getattr(args, attribute) is not None})
+    return TrainParams.parse_obj(values)
 
 
 def planned_steps(n_photos: int, steps_per_photo: int, max_steps: int) -> int:

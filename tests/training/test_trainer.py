@@ -11,6 +11,7 @@ from argparse import Namespace
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 from safetensors import safe_open
 
 from portrait_core.training.loop import _should_stop_early, _update_best
@@ -37,6 +38,19 @@ def test_bad_dataset_folder_is_a_clear_error(tmp_path, tiny_sd15, capsys):
                        "--output-dir", str(tmp_path / "run")])
     assert main(args) == 1
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_the_trainer_takes_its_settings_from_train_params(tmp_path):
+    from portrait_core.params import TrainParams
+
+    params_file = tmp_path / "params.json"
+    params_file.write_text(TrainParams(identity="ana", max_train_steps=12, rank=8).json())
+    paths = ["--base-model", "m", "--dataset", "d", "--output-dir", "o", "--params", str(params_file)]
+    args = parse_args(paths)
+    assert (args.identity, args.max_steps, args.rank, args.grad_accum) == ("ana", 12, 8, 4)  # 4: TrainParams' default
+    assert parse_args([*paths, "--max-steps", "3"]).max_steps == 3, "a flag overrides the file"
+    with pytest.raises(ValidationError, match="max_train_steps"):
+        parse_args([*paths, "--max-steps", "0"])
 
 
 def test_early_stop_after_k_validations_without_gain():

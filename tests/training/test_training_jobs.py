@@ -54,6 +54,10 @@ def test_full_run_makes_a_kohya_lora_that_changes_the_image(prepared_obama, runn
     with pytest.raises(IdentityBusyError, match=f"job {first.id}"):  # one training per identity, whoever asks
         _start(services_at, runner, prepared_obama, lora_dir, _params(max_train_steps=2, validate_every=2))
     assert [job.id for job in runner.jobs()] == [first.id]
+    # The trainer's settings come from the TrainParams the request gave, as one file (no flag repeats them).
+    command = runner.get(first.id).command
+    params_file = Path(command[command.index("--params") + 1])
+    assert json.loads(params_file.read_text())["rank"] == 4 and "--rank" not in command
     job = runner.wait(first.id, timeout=300)
     assert job.state == DONE, job.error
     lora = Path(job.result_path)
