@@ -49,6 +49,10 @@ class UnusablePhotoError(InputImageError):
         self.reason = reason
 
 
+class ParameterError(PortraitError):
+    """A valid parameter this host cannot honour (e.g. a sampler it does not offer)."""
+
+
 class IdentityError(PortraitError):
     """An identity id is not allowed (characters, length, path tricks) or names no stored identity."""
 

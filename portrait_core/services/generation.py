@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from portrait_core.errors import ParameterError
 from portrait_core.generate.identity import IdentityAssets, load_identity, prefer_trained_face
 from portrait_core.generate.pipeline import PortraitGenerator, PortraitResult
 from portrait_core.generate.results import infotext, save_results
@@ -24,7 +25,7 @@ from portrait_core.jobs import Job, JobRunner, TaskContext
 from portrait_core.log import get_logger
 from portrait_core.params import GenerateParams
 from portrait_core.services.identities import IdentityService
-from portrait_core.services.loras import lora_fit_note, read_lora_info
+from portrait_core.services.loras import LoraInfo, LoraMismatchError, lora_fit_note, read_lora_info
 from portrait_core.services.workspace import Workspace
 
 log = get_logger("generation")
@@ -89,11 +90,19 @@ class GenerationService:
         """Everything that can be refused before a diffusion step runs: an unknown or unprepared identity, a
         LoRA of another family, an identity this host cannot render (no LoRA, no image prompt). Returns the
         notes to show and the identities' assets."""
+        check_sampler(self.host, params.sampler)
         notes = self.lora_notes(params.identities)
         identities = [self.identity(name) for name in params.identities]
         for assets in identities:
             self.generator.check_ready(assets, params)
         return notes, identities
+
+    def lora_fit(self, lora: LoraInfo) -> tuple[bool, str | None]:
+        """Whether `lora` can be used with the checkpoint in use, and what to tell the user about it."""
+        try:
+            return True, lora_fit_note(lora, self.host.current_checkpoint())
+        except LoraMismatchError as error:
+            return False, str(error)
 
     # ---- now ----------------------------------------------------------------------------------------
     def generate(self, params: GenerateParams, templates: Templates) -> list[tuple[PortraitResult, str]]:
@@ -130,6 +139,13 @@ class GenerationService:
     def interrupt(self) -> None:
         """What an Interrupt button does: stop the host's running call (whoever started it)."""
         self.host.interrupt()
+
+
+def check_sampler(host: Host, sampler: str, where: str = "sampler") -> None:
+    """ParameterError unless `host` offers `sampler` (inside the WebUI: its own list, which e.g. has no PNDM)."""
+    offered = host.samplers()
+    if sampler not in offered:
+        raise ParameterError(f"{where}: {sampler!r} is not offered by this host; choose one of {', '.join(offered)}")
 
 
 @contextmanager

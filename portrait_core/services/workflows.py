@@ -18,7 +18,7 @@ from portrait_core.generate.results import write_workflow_outputs
 from portrait_core.generate.workflow import StepOutput, WorkflowError, WorkflowRunner
 from portrait_core.jobs import Job, TaskContext
 from portrait_core.params import WorkflowParams
-from portrait_core.services.generation import GenerationService, cancel_watch
+from portrait_core.services.generation import GenerationService, cancel_watch, check_sampler
 
 Progress = Callable[[int, int, str], None]
 
@@ -42,6 +42,9 @@ class WorkflowService:
         """WorkflowError (naming the step and field) or LoraMismatchError before anything runs; returns the
         notes on LoRAs trained on another base of the same family."""
         self.runner().validate(workflow, images)
+        for index, step in enumerate(workflow.steps):
+            if getattr(step, "sampler", None):
+                check_sampler(self.generation.host, step.sampler, f"steps[{index}] ({step.op}): sampler")
         try:
             return self.generation.lora_notes(self.identities_of(workflow))
         except PortraitError as error:

@@ -784,3 +784,26 @@ def test_two_api_generations_a_background_job_and_a_tab_click_at_once_each_get_t
     assert sorted(got) == [4, 5, 6, 7]
     for seed, image in got.items():
         assert np.array_equal(image, alone[seed]), f"seed {seed} differs from the same request alone"
+
+
+def test_identities_tab_says_when_a_lora_does_not_fit_the_checkpoint_in_use(runner, identities_root, tiny_sd15,
+                                                                            tmp_path):
+    import torch
+
+    from portrait_core.models.lora import LoraLayer, write_lora_file
+
+    config.configure(lora_dir=tmp_path / "Lora")
+    try:
+        backend = make_backend(runner, identities_root, tiny=tiny_sd15)
+        backend.services.host()  # standalone, the fit is shown once the host is up
+        layer = LoraLayer(torch.zeros(2, 4), torch.zeros(4, 2), 1.0)
+        write_lora_file(tmp_path / "Lora" / "obama.safetensors", {"lora_unet_x": layer}, {
+            "portrait_studio.identity": "obama", "portrait_studio.family": "sdxl",
+            "portrait_studio.base_model": "sdxl-base.safetensors"})
+        page = Page(ui.build_ui(backend))
+        page.trigger("portrait-tab-identities", "select")
+        [row] = page.get("portrait-identities-table")
+        assert row[2] == "sdxl-base.safetensors (SDXL)"
+        assert row[5].startswith("not usable here:") and "SD1.5" in row[5] and tiny_sd15.name in row[5], row[5]
+    finally:
+        config.reset()

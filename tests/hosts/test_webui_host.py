@@ -438,3 +438,21 @@ def test_upscalers_by_name_and_a_model_upscaler_without_weights(webui, portrait,
     assert host.upscale_result(portrait, 2.0, "r-esrgan 4x+").applied
     with pytest.raises(InputImageError, match=r"SwinIR.*Lanczos"):
         host.upscale(portrait, 2.0, "SwinIR")
+
+
+def test_the_sampler_list_is_the_webuis_own_and_a_sampler_it_lacks_is_refused_before_anything_runs(
+        webui, prepared_obama, tmp_path):
+    from portrait_core.errors import ParameterError
+    from portrait_core.params import GenerateParams
+    from tests.service_factory import services_on
+
+    host = WebUIHost()
+    offered = host.samplers()
+    assert {"Euler a", "DPM++ 2M", "DPM++ 2M Karras"} <= set(offered) and "PNDM" not in offered
+    services = services_on(host, identities=prepared_obama, home=tmp_path / "home")
+    try:
+        with pytest.raises(ParameterError, match="'PNDM' is not offered by this host"):
+            services.generation.check(GenerateParams(identities=["obama"], sampler="PNDM"))
+        assert webui.runs == []
+    finally:
+        services.close()

@@ -117,3 +117,23 @@ def test_a_queued_generation_of_two_identities_holds_both(tmp_path, tiny_sd15, p
         assert services.identities.delete("twin")[0] == ["folder"]
     finally:
         services.close()
+
+
+def test_inside_the_webui_the_tiny_test_model_is_refused_and_standalone_it_comes_with_a_note(
+        tmp_path, tiny_sd15, prepared_obama):
+    from portrait_core.errors import CheckpointError
+    from portrait_core.params import TrainParams
+
+    for in_webui in (True, False):
+        services = services_on(DiffusersHost(tiny_sd15, lora_dir=tmp_path / "Lora"), identities=prepared_obama,
+                               home=tmp_path / f"home-{in_webui}", in_webui=in_webui)
+        try:
+            if in_webui:
+                with pytest.raises(CheckpointError, match="tiny local test model cannot be trained inside"):
+                    services.training.start(TrainParams(identity="obama", max_train_steps=2))
+                assert services.runner.jobs() == []
+            else:
+                path, notes = services.training.base_model(None)
+                assert path == tiny_sd15 and "not a likeness" in notes[0]
+        finally:
+            services.close()

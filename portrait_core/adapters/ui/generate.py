@@ -67,6 +67,9 @@ def build_generate_tab(backend: UiBackend) -> GenerateTab:
                 form["advanced"] = model_widgets(GenerateParams, id_prefix="generate",
                                                  exclude=("identities", "face_order"),
                                                  initial=backend.initial_values.get("generate"))
+                if backend.in_webui:  # the WebUI's own sampler list (asking the WebUIHost loads nothing)
+                    sampler = form["advanced"]["sampler"]
+                    sampler.choices = [name for name in sampler.choices if name in backend.services.host().samplers()]
             with gr.Row():
                 form["generate"] = gr.Button("Generate", variant="primary", elem_id="portrait-generate-start",
                                              elem_classes=["portrait-submit"])

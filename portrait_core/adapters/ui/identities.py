@@ -170,9 +170,12 @@ class IdentityListing:
 
 def identity_listing(backend: UiBackend) -> IdentityListing:
     listing = IdentityListing([], [], [], [])
+    # Whether each LoRA fits the checkpoint in use; standalone only once the host is up (building it loads).
+    check_fit = backend.in_webui or backend.services.host.built
     for info in backend.services.identities.infos():  # symbolic links and stray files are not listed
+        fit = backend.services.generation.lora_fit(info.lora) if check_fit and info.lora else (True, None)
         listing.ids.append(info.id)
-        listing.rows.append(_table_row(info.to_json(), info.active_job))
+        listing.rows.append(_table_row(info.to_json(), info.active_job, fit))
         face = backend.services.identities.paths(info.id).dataset_layout().reference_face
         if face.is_file():
             listing.faces.append((str(face), info.id))
@@ -180,12 +183,15 @@ def identity_listing(backend: UiBackend) -> IdentityListing:
     return listing
 
 
-def _table_row(info: dict, job) -> list:
+def _table_row(info: dict, job, fit: tuple[bool, str | None] = (True, None)) -> list:
+    usable, note = fit
     if job is not None:
         status = "training" if job.kind == "train" else f"in a {job.kind} job"
         status += f" ({job.state})"
+    elif info["has_lora"] and not usable:
+        status = f"not usable here: {note}"
     elif info["has_lora"]:
-        status = "ready"
+        status = "ready" + (" (trained on another base of this family)" if note else "")
     else:
         status = "prepared, not trained" if info["prepared"] else "no usable photos"
     base = info["base_model"] or ""
