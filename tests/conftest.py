@@ -122,6 +122,24 @@ def services_at(tmp_path, tiny_sd15):
         services.close()
 
 
+@pytest.fixture(scope="module")
+def obama_services(tiny_sd15, prepared_obama, tmp_path_factory):
+    """Services on a DiffusersHost serving the tiny model, with the prepared 'obama' and a random LoRA that
+    fits the model (one set per test module: the host stays loaded across its tests)."""
+    from portrait_core.hosts.diffusers_host import DiffusersHost
+    from portrait_core.models.checkpoints import load_components
+    from tests.lora_factory import random_lora_for
+    from tests.service_factory import services_on
+
+    lora_folder = tmp_path_factory.mktemp("Lora")
+    parts = load_components(tiny_sd15)
+    random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, lora_folder / "obama.safetensors")
+    services = services_on(DiffusersHost(tiny_sd15, lora_dir=lora_folder), identities=prepared_obama,
+                           home=tmp_path_factory.mktemp("home"))
+    yield services
+    services.close()
+
+
 @pytest.fixture
 def runner(tmp_path):
     """A job runner of its own for one test, closed afterwards."""

@@ -12,25 +12,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from portrait_core.adapters.http.api import ApiContext, mount_api
-from portrait_core.hosts.diffusers_host import DiffusersHost
-from tests.lora_factory import random_lora_for
-from tests.service_factory import services_on
 
 FAST = {"identities": ["obama"], "first_pass_steps": 3, "second_pass_steps": 3, "crop_size": 128, "seed": 4}
 PREFIX = "/sdapi/v1/portrait"
 
 
 @pytest.fixture(scope="module")
-def service(tiny_sd15, prepared_obama, tmp_path_factory):
-    from portrait_core.models.checkpoints import load_components
-
-    lora_dir = tmp_path_factory.mktemp("Lora")
-    parts = load_components(tiny_sd15)
-    random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, lora_dir / "obama.safetensors")
-    services = services_on(DiffusersHost(tiny_sd15, lora_dir=lora_dir), identities=prepared_obama,
-                           home=tmp_path_factory.mktemp("home"))
-    yield services
-    services.close()
+def service(obama_services):
+    return obama_services
 
 
 @pytest.fixture(scope="module")

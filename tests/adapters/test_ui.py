@@ -27,7 +27,6 @@ from portrait_core.adapters.ui.forms import build_params, model_widgets
 from portrait_core.adapters.ui.train import latest_identity_score, progress_html
 from portrait_core.jobs import FINISHED_STATES, JobRunner
 from portrait_core.params import GenerateParams, TrainParams
-from tests.lora_factory import random_lora_for
 from tests.service_factory import services_on
 
 FAST_TRAINING = {"max-train-steps": 6, "resolution": 64, "validate-every": 3, "rank": 4, "alpha": 2.0,
@@ -160,17 +159,8 @@ def template_dir(tmp_path_factory, shared_faces_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(tiny_sd15, prepared_obama, tmp_path_factory):
-    from portrait_core.hosts.diffusers_host import DiffusersHost
-    from portrait_core.models.checkpoints import load_components
-
-    lora_folder = tmp_path_factory.mktemp("Lora")
-    parts = load_components(tiny_sd15)
-    random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder}, lora_folder / "obama.safetensors")
-    services = services_on(DiffusersHost(tiny_sd15, lora_dir=lora_folder), identities=prepared_obama,
-                           home=tmp_path_factory.mktemp("home"))
-    yield services
-    services.close()
+def service(obama_services):
+    return obama_services
 
 
 def make_backend(runner, root, *, services=None, tiny=None, **options) -> ui.UiBackend:
