@@ -17,6 +17,7 @@ from PIL import Image
 from portrait_core.errors import ModelUnavailableError, PortraitError
 from portrait_core.hosts.base import Control, Host
 from portrait_core.log import get_logger
+from portrait_core.models.families import family as model_family
 from portrait_core.params import GenerateParams, WorkflowParams
 
 log = get_logger("workflow")
@@ -169,7 +170,7 @@ class WorkflowRunner:
                                     f"{self.host.lora_dir()}; train it first")
 
     def _default_side(self) -> int:
-        return 1024 if getattr(self.host, "family", "sd15") == "sdxl" else 512
+        return model_family(getattr(self.host, "family", "sd15")).resolution
 
     def _pose_map(self, image: Image.Image, index: int, name: str | None, size: tuple[int, int]) -> Image.Image:
         """The OpenPose skeleton of the person in `image`, drawn at `size` (drawn, not resized: the

@@ -14,6 +14,7 @@ from pathlib import Path
 from portrait_core.errors import LoraFileError
 from portrait_core.hosts.base import CheckpointRef
 from portrait_core.log import get_logger
+from portrait_core.models.families import FAMILIES, family_of_kohya_version
 
 log = get_logger("loras")
 
@@ -21,9 +22,6 @@ IDENTITY_KEY = "portrait_studio.identity"
 FAMILY_KEY = "portrait_studio.family"
 BASE_MODEL_KEY = "portrait_studio.base_model"
 BASE_HASH_KEY = "portrait_studio.base_model_hash"
-# kohya's ss_base_model_version values -> our family names
-KOHYA_VERSIONS = {"sd_v1": "sd15", "sdxl_base_v1-0": "sdxl"}
-FAMILY_LABELS = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
 
 class LoraMismatchError(LoraFileError):
@@ -46,7 +44,8 @@ def read_lora_info(path: Path) -> LoraInfo:
     """The LoRA's header metadata, read by the safetensors library itself (no tensor is loaded)."""
     metadata = _metadata(path)
     version = metadata.get("ss_base_model_version")
-    family = metadata.get(FAMILY_KEY) or KOHYA_VERSIONS.get(version or "")
+    by_version = family_of_kohya_version(version)
+    family = metadata.get(FAMILY_KEY) or (by_version.name if by_version else None)
     stat = path.stat()
     return LoraInfo(name=path.stem, size_bytes=stat.st_size,
                     trained_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
@@ -66,8 +65,9 @@ def _metadata(path: Path) -> dict[str, str]:
         return {}
 
 
-def family_label(family: str | None) -> str:
-    return FAMILY_LABELS.get(family or "", family or "an unknown model family")
+def family_label(name: str | None) -> str:
+    known = FAMILIES.get((name or "").removesuffix("-inpaint"))
+    return known.label if known else (name or "an unknown model family")
 
 
 def lora_fit_note(lora: LoraInfo, checkpoint: CheckpointRef | None) -> str | None:

@@ -7,10 +7,10 @@ which is what the WebUI's built-in Lora extension reads.
 
 from __future__ import annotations
 
+from portrait_core.models.families import FAMILIES
 from portrait_core.models.lora import LoraLayer
 
-COMPONENT_PREFIXES = {"sd15": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
-                      "sdxl": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}
+COMPONENT_PREFIXES = {name: known.lora_prefixes for name, known in FAMILIES.items()}
 
 
 def peft_to_kohya_layers(peft_state: dict, kohya_prefix: str, alpha: float) -> dict[str, LoraLayer]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from portrait_core.errors import InputImageError
 from portrait_core.log import get_logger
+from portrait_core.models.families import family as model_family
+from portrait_core.models.families import family_of_components
 from portrait_core.training import kohya
 from portrait_core.training.dataset import LatentCache, list_examples, load_square
 from portrait_core.training.merge import ValidationScore, checkpoint_weights, weighted_average_loras
@@ -86,7 +88,7 @@ def build_setup(args: argparse.Namespace) -> TrainingSetup:
     components = load_components(args.base_model)
     family = components.family.replace("-inpaint", "")
     rank, alpha = default_rank_alpha(family, args.rank, args.alpha)
-    resolution = args.resolution or (1024 if family == "sdxl" else 512)
+    resolution = args.resolution or model_family(family).resolution
     trainable = _add_adapters(components, rank, alpha, accelerator.device)
     examples = list_examples(args.dataset, args.caption or f"a photo of {args.identity}")
     images = [load_square(example.image_path, resolution) for example in examples]
@@ -204,7 +206,7 @@ def _text_conditioning(setup: TrainingSetup, indices) -> dict:
 def current_lora_layers(setup: TrainingSetup) -> dict:
     from peft import get_peft_model_state_dict
 
-    family = "sdxl" if "text_encoder_2" in setup.trainable else "sd15"
+    family = family_of_components(setup.trainable).name
     layers = {}
     for name, model in setup.trainable.items():
         unwrapped = setup.accelerator.unwrap_model(model)
@@ -218,7 +220,7 @@ def lora_metadata(args: argparse.Namespace, setup: TrainingSetup, steps: int) ->
     family = setup.components.family.replace("-inpaint", "")
     base = Path(args.base_model)
     return {
-        "ss_base_model_version": "sdxl_base_v1-0" if family == "sdxl" else "sd_v1",
+        "ss_base_model_version": model_family(family).kohya_version,
         "ss_network_module": "networks.lora", "ss_network_dim": str(setup.rank),
         "ss_network_alpha": str(setup.alpha), "ss_resolution": f"({setup.resolution}, {setup.resolution})",
         "ss_max_train_steps": str(steps), "ss_learning_rate": str(args.learning_rate),
@@ -329,7 +331,7 @@ def _load_checkpoint_into(setup: TrainingSetup, path: Path) -> None:
     from portrait_core.models.lora import read_lora_file
 
     layers = read_lora_file(path)
-    family = "sdxl" if "text_encoder_2" in setup.trainable else "sd15"
+    family = family_of_components(setup.trainable).name
     for name, model in setup.trainable.items():
         unwrapped = setup.accelerator.unwrap_model(model)
         names = [n for n, _ in unwrapped.named_modules()]

@@ -153,7 +153,9 @@ def _install_cancel_handlers() -> dict:
 
 
 def default_rank_alpha(family: str, rank: int | None, alpha: float | None) -> tuple[int, float]:
-    default_rank, default_alpha = (32, 16.0) if family == "sdxl" else (128, 64.0)
+    from portrait_core.models.families import family as model_family
+
+    default_rank, default_alpha = model_family(family).lora_rank, model_family(family).lora_alpha
     return (rank or default_rank, alpha if alpha is not None else (default_alpha if rank is None else rank / 2))
 
 
