@@ -81,6 +81,12 @@ def test_train_then_generate_inside_the_webui(webui_app, shared_faces_dir):
     job = client.get(f"{PREFIX}/jobs/{job_id}").json()
     assert job["state"] == "done", job
     assert (lora_dir / "obama.safetensors").is_file(), "the LoRA must land in the WebUI's --lora-dir"
+    import networks  # the Lora extension's list (its cards, GET /sdapi/v1/loras): the new LoRA shows unasked
+
+    deadline = time.monotonic() + 30
+    while "obama" not in networks.available_networks:
+        assert time.monotonic() < deadline, "the WebUI's LoRA list was not refreshed after the training"
+        time.sleep(0.2)
     (listed,) = client.get(f"{PREFIX}/identities").json()["identities"]
     assert listed["base_model"] == "tiny-sd15.safetensors" and listed["family"] == "sd15"
 

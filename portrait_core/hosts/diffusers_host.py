@@ -268,6 +268,9 @@ class DiffusersHost:
         """Ask the running call to stop after its current step (callable from another thread)."""
         self._interrupt.set()
 
+    def refresh_loras(self) -> None:
+        """Nothing to do: every call looks its LoRAs up in `lora_dir` again."""
+
     def samplers(self) -> list[str]:
         return list(SAMPLER_SCHEDULERS)
 

@@ -356,6 +356,16 @@ class WebUIHost:
             session._set_active(False)
             self._local.session = None
 
+    def refresh_loras(self) -> None:
+        """The built-in Lora extension's own refresh (what its "refresh" button and /sdapi/v1/refresh-loras
+        call), found at run time; nothing where the extension is absent or disabled."""
+        networks = sys.modules.get("networks")
+        refresh = getattr(networks, "list_available_networks", None)
+        if refresh is None:
+            log.info("the WebUI's Lora extension is not loaded; a new LoRA shows after its refresh")
+            return
+        refresh()
+
     def samplers(self) -> list[str]:
         """The WebUI's own sampler list (what its txt2img dropdown shows), then the "NAME Scheduler" forms of
         ours it resolves (e.g. "DPM++ 2M Karras"): a name not here is refused before the queue is joined."""

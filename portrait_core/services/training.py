@@ -12,6 +12,7 @@ Every door (the Train tab, `POST train`, `python -m portrait_core train`) calls 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -116,7 +117,19 @@ class TrainingService:
         command = trainer_command(params_file, base_model=base_model, dataset_images=layout.images,
                                   dataset_dir=paths.dataset, output_dir=job_output, final_lora=final_lora,
                                   face_reference=paths.folder / "face_reference.png")
-        return self.runner.submit("train", params.identity, command, job_output, final_lora)
+        job = self.runner.submit("train", params.identity, command, job_output, final_lora)
+        threading.Thread(target=self._announce_lora, args=(job.id,), name="portrait-lora-refresh",
+                         daemon=True).start()
+        return job
+
+    def _announce_lora(self, job_id: str) -> None:
+        """Once the training is done, the host lists the new LoRA at once (no refresh click in the WebUI)."""
+        job = self.runner.wait(job_id, timeout=7 * 24 * 3600)
+        if job.state == "done":
+            try:
+                self._host().refresh_loras()
+            except Exception as error:  # noqa: BLE001 - a listing refresh must never fail a finished training
+                log.warning("the host could not refresh its LoRA list after job %s: %s", job_id, error)
 
 
 def is_tiny_model(path: Path) -> bool:

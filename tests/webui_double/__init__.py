@@ -20,7 +20,7 @@ REPO_ROOT = DOUBLE_ROOT.parents[1]
 EXTENSION_DIRNAME = "portrait-studio"
 # Top-level names the double provides. portrait_core is left alone: the WebUI imports it once per
 # process, and pydantic 1 refuses to define the same validators twice.
-DOUBLE_MODULES = ("modules", "launch", "internal_controlnet")
+DOUBLE_MODULES = ("modules", "launch", "internal_controlnet", "networks")
 
 
 def _forget_modules(prefixes: tuple[str, ...]) -> dict[str, object]:
@@ -76,5 +76,8 @@ def webui_started(data_dir: Path, argv: Sequence[str] = (), *, saved_settings: d
 
         shared_init.initialize()
         sd_models.list_models()
+        import networks  # the built-in Lora extension, which the real WebUI loads with the other scripts
+
+        networks.list_available_networks()
         scripts.load_scripts()
         yield {"shared": shared, "script_callbacks": script_callbacks, "scripts": scripts}
