@@ -43,7 +43,7 @@ def tiny_sd15(tiny_cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd15_file(tiny_cache_dir, tiny_sd15) -> Path:
     """The tiny SD1.5 model as one .safetensors file, the form the WebUI lists in models/Stable-diffusion."""
-    from portrait_core.models.checkpoints import export_single_file
+    from portrait_core.models.export import export_single_file
 
     return export_single_file(tiny_sd15, tiny_cache_dir / "exports" / "tiny-sd15.safetensors")
 

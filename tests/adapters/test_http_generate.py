@@ -22,7 +22,7 @@ PREFIX = "/sdapi/v1/portrait"
 
 @pytest.fixture(scope="module")
 def service(tiny_sd15, prepared_obama, tmp_path_factory):
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
 
     lora_dir = tmp_path_factory.mktemp("Lora")
     parts = load_components(tiny_sd15)

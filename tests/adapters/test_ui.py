@@ -162,7 +162,7 @@ def template_dir(tmp_path_factory, shared_faces_dir) -> Path:
 @pytest.fixture(scope="module")
 def service(tiny_sd15, prepared_obama, tmp_path_factory):
     from portrait_core.hosts.diffusers_host import DiffusersHost
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
 
     lora_folder = tmp_path_factory.mktemp("Lora")
     parts = load_components(tiny_sd15)
