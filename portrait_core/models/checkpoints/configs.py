@@ -253,32 +253,36 @@ def infer_vae_config(shapes: dict, settings: dict, path=None) -> dict:
     }
 
 
+# Where each text-encoder layout keeps the tensors whose shapes give its sizes: the token embedding
+# (vocabulary x width), the first MLP layer (its width first), the layers, the position embedding.
+TEXT_LAYOUT_KEYS = {
+    "clip": ("text_model.embeddings.token_embedding.weight", "text_model.encoder.layers.0.mlp.fc1.weight",
+             "text_model.encoder.layers.", "text_model.embeddings.position_embedding.weight"),
+    "open_clip": ("token_embedding.weight", "transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.",
+                  "positional_embedding"),
+}
+
+
 def infer_clip_text_config(shapes: dict, settings: dict, path=None) -> dict:
     """A CLIP text encoder's config from its shapes; `settings` gives hidden_act[, num_attention_heads]."""
-    vocab, hidden = _shape(path, shapes, "text_model.embeddings.token_embedding.weight")
-    return _text_config(
-        path, settings, vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=_shape(path, shapes, "text_model.encoder.layers.0.mlp.fc1.weight")[0],
-        num_hidden_layers=len(_indices(shapes, "text_model.encoder.layers.")),
-        max_position_embeddings=_shape(path, shapes, "text_model.embeddings.position_embedding.weight")[0])
+    return _text_config(path, shapes, settings, TEXT_LAYOUT_KEYS["clip"])
 
 
 def infer_open_clip_text_config(shapes: dict, settings: dict, path=None) -> dict:
     """SDXL's second (OpenCLIP) text encoder's config from its shapes in the OpenCLIP layout."""
-    vocab, hidden = _shape(path, shapes, "token_embedding.weight")
-    return _text_config(
-        path, settings, vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=_shape(path, shapes, "transformer.resblocks.0.mlp.c_fc.weight")[0],
-        num_hidden_layers=len(_indices(shapes, "transformer.resblocks.")),
-        max_position_embeddings=_shape(path, shapes, "positional_embedding")[0],
-        projection_dim=_shape(path, shapes, "text_projection")[1])
+    config = _text_config(path, shapes, settings, TEXT_LAYOUT_KEYS["open_clip"])
+    return {**config, "projection_dim": _shape(path, shapes, "text_projection")[1]}
 
 
-def _text_config(path, settings: dict, **sizes) -> dict:
-    hidden = sizes["hidden_size"]
+def _text_config(path, shapes: dict, settings: dict, keys: tuple[str, str, str, str]) -> dict:
+    token_key, mlp_key, layers_prefix, position_key = keys
+    vocab, hidden = _shape(path, shapes, token_key)
     heads = settings.get("num_attention_heads") or hidden // HEAD_WIDTH
     if not heads or hidden % heads:
         raise CheckpointError(f"{path}: cannot tell the attention heads of a {hidden}-wide text encoder")
-    return {**sizes, "num_attention_heads": heads, "hidden_act": settings["hidden_act"], **CLIP_TOKEN_IDS}
+    return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": _shape(path, shapes, mlp_key)[0],
+            "num_hidden_layers": len(_indices(shapes, layers_prefix)),
+            "max_position_embeddings": _shape(path, shapes, position_key)[0],
+            "num_attention_heads": heads, "hidden_act": settings["hidden_act"], **CLIP_TOKEN_IDS}
 
 
