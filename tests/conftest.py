@@ -43,7 +43,7 @@ def tiny_sd15(tiny_cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd15_file(tiny_cache_dir, tiny_sd15) -> Path:
     """The tiny SD1.5 model as one .safetensors file, the form the WebUI lists in models/Stable-diffusion."""
-    from portrait_core.models.checkpoints import export_single_file
+    from portrait_core.models.export import export_single_file
 
     return export_single_file(tiny_sd15, tiny_cache_dir / "exports" / "tiny-sd15.safetensors")
 
@@ -127,7 +127,7 @@ def obama_services(tiny_sd15, prepared_obama, tmp_path_factory):
     """Services on a DiffusersHost serving the tiny model, with the prepared 'obama' and a random LoRA that
     fits the model (one set per test module: the host stays loaded across its tests)."""
     from portrait_core.hosts.diffusers_host import DiffusersHost
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
     from tests.lora_factory import random_lora_for
     from tests.service_factory import services_on
 

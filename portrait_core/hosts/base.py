@@ -205,7 +205,7 @@ def find_checkpoint(name: str, folders: Sequence[Path]) -> Path:
 def checkpoint_short_hash(path: Path) -> str | None:
     """The WebUI's short hash of a single-file checkpoint; of its model_index.json for a diffusers folder
     (what the trainer records in a LoRA). Cached after the first (whole-file) hash."""
-    from portrait_core.models.checkpoints import short_hash
+    from portrait_core.models.checkpoints.hashes import short_hash
 
     target = path / "model_index.json" if path.is_dir() else path
     return short_hash(target) if target.is_file() else None

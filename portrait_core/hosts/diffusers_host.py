@@ -149,7 +149,7 @@ class DiffusersHost:
         """"sd15" or "sdxl"; read from the checkpoint's header or configs when nothing is loaded yet."""
         if self._components is not None:
             return self._components.family
-        from portrait_core.models.checkpoints import inspect_checkpoint
+        from portrait_core.models.checkpoints.family import inspect_checkpoint
 
         return inspect_checkpoint(self.base_model).base_family
 
@@ -177,7 +177,7 @@ class DiffusersHost:
         if self._components is None:
             import torch
 
-            from portrait_core.models.checkpoints import load_components
+            from portrait_core.models.checkpoints.loading import load_components
 
             dtype = torch.float16 if self.device == "cuda" else torch.float32
             components = load_components(self.base_model, dtype=dtype)
@@ -481,7 +481,7 @@ def _split_controls(controls: Sequence[Control]) -> tuple[list[Control], Control
 
 def _check_controlnet_family(kind: str, path: Path, components, base_name: str) -> None:
     """Refuse a ControlNet made for another model family before loading it (its configs tell)."""
-    from portrait_core.models.checkpoints import inspect_checkpoint
+    from portrait_core.models.checkpoints.family import inspect_checkpoint
 
     try:
         info = inspect_checkpoint(path)

@@ -54,7 +54,7 @@ class IPAdapterFile:
 
 def inspect_ip_adapter(path: Path) -> IPAdapterFile:
     """What the IP-Adapter at `path` fits, from its safetensors header; ControlError if it is not one we run."""
-    from portrait_core.models.checkpoints import read_safetensors_header
+    from portrait_core.models.checkpoints.header import read_safetensors_header
 
     path = Path(path)
     try:
@@ -87,7 +87,7 @@ def ip_adapter_files(folder: Path) -> list[Path]:
 
 
 def _is_ip_adapter(path: Path) -> bool:
-    from portrait_core.models.checkpoints import read_safetensors_header
+    from portrait_core.models.checkpoints.header import read_safetensors_header
 
     try:
         return any(key.startswith("ip_adapter.") for key in read_safetensors_header(path).shapes)
@@ -157,7 +157,7 @@ def _read_encoder_config(folder: Path) -> dict:
 def base_cross_attention_dim(base_model: Path) -> int | None:
     """The UNet's cross-attention width of a diffusers folder or single-file checkpoint, from config or
     header only (None when it cannot be told that cheaply)."""
-    from portrait_core.models.checkpoints import read_safetensors_header
+    from portrait_core.models.checkpoints.header import read_safetensors_header
 
     if base_model.is_dir():
         config_path = base_model / "unet" / "config.json"

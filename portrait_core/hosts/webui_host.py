@@ -254,7 +254,7 @@ class WebUIHost:
         (its settings' choice, else its first, as the WebUI itself picks). Read from the file's header,
         never by loading the model. None when the WebUI has no checkpoint at all."""
         from modules import sd_models
-        from portrait_core.models.checkpoints import inspect_checkpoint
+        from portrait_core.models.checkpoints.family import inspect_checkpoint
 
         try:
             info = self._checkpoint_info(self.checkpoint) if self.checkpoint else sd_models.select_checkpoint()

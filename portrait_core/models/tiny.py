@@ -19,6 +19,7 @@ from pathlib import Path
 
 from portrait_core.config import settings
 from portrait_core.log import get_logger
+from portrait_core.models.checkpoints.configs import scheduler_config
 from portrait_core.models.tokenizer import END_TOKEN, write_tokenizer_files
 
 log = get_logger("tiny_sd")
@@ -33,12 +34,6 @@ CONTROL_KINDS = ("canny", "openpose", "tile", "color")
 SDXL_CONTROL_KINDS = ("canny", "openpose")
 MARKER_FILE = "portrait_tiny_model.json"
 
-# Noise schedule of SD1.5 and SDXL (scaled-linear betas over 1000 training steps).
-SD_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "steps_offset": 1, "clip_sample": False,
-    "set_alpha_to_one": False, "prediction_type": "epsilon", "timestep_spacing": "leading",
-}
 
 
 def tiny_model_dir(kind: str = "sd15", seed: int = 0, cache_dir: Path | None = None) -> Path:
@@ -254,7 +249,8 @@ def _write_ip_adapter(folder: Path, seed: int, family: str) -> None:
 def _scheduler_kwargs() -> dict:
     keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "steps_offset",
             "prediction_type", "timestep_spacing")
-    return {key: SD_SCHEDULER_CONFIG[key] for key in keep}
+    schedule = scheduler_config()
+    return {key: schedule[key] for key in keep}
 
 
 def _write_model_index(folder: Path, pipeline_class: str, text_encoders: int) -> None:

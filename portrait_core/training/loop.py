@@ -79,7 +79,7 @@ def build_setup(args: argparse.Namespace) -> TrainingSetup:
     import torch
     from accelerate import Accelerator
 
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
 
     precision = args.mixed_precision
     if precision == "auto":
@@ -235,7 +235,7 @@ def lora_metadata(args: argparse.Namespace, setup: TrainingSetup, steps: int) ->
 
 def _model_hash(path: Path) -> str:
     """The WebUI's model hash of a single-file checkpoint; for a diffusers folder, that of its model_index.json."""
-    from portrait_core.models.checkpoints import short_hash
+    from portrait_core.models.checkpoints.hashes import short_hash
 
     return short_hash(path / "model_index.json" if path.is_dir() else path)
 

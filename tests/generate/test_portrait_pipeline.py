@@ -36,7 +36,7 @@ def analyzer():
 @pytest.fixture(scope="module")
 def lora_dir(tmp_path_factory, tiny_sd15):
     """A LoRA folder with a (random, kohya-format) LoRA for 'obama' that fits the tiny model."""
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
 
     folder = tmp_path_factory.mktemp("Lora")
     parts = load_components(tiny_sd15)

@@ -160,7 +160,7 @@ def test_restore_without_codeformer_weights_keeps_the_image_with_a_note(tmp_path
 
 def test_an_identity_puts_its_own_face_and_lora_into_a_pose(tiny_sd15, tiny_cache_dir, prepared_obama, standing,
                                                            tmp_path):
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
     from portrait_core.models.tiny import ensure_tiny_ip_adapter
     from tests.lora_factory import random_lora_for
     from tests.service_factory import services_on

@@ -1,32 +1,27 @@
-"""Base models: telling checkpoints apart, single-file round trips, bad files, atomic export, offline loads."""
+"""Base models: telling checkpoints apart, single-file round trips, bad files, offline loads, the WebUI's hash."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import socket
-import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import safetensors
-import safetensors.torch
 import torch
 from safetensors.torch import load_file, save_file
 
 from portrait_core.errors import CheckpointError
-from portrait_core.models import checkpoints
-from portrait_core.models.checkpoints import (
-    CONFIG_HINTS_KEY,
-    SDComponents,
-    export_single_file,
-    inspect_checkpoint,
-    load_components,
-    read_safetensors_header,
-    short_hash,
-)
+from portrait_core.models.checkpoints import hashes
+from portrait_core.models.checkpoints.configs import CONFIG_HINTS_KEY
+from portrait_core.models.checkpoints.family import inspect_checkpoint
+from portrait_core.models.checkpoints.hashes import short_hash
+from portrait_core.models.checkpoints.header import read_safetensors_header
+from portrait_core.models.checkpoints.loading import SDComponents, load_components
+from portrait_core.models.export import export_single_file
 
 PROMPT_IDS = [49406, 320, 1125, 539, 550, 18376, 49407]  # "a photo of an astronaut" in the real CLIP vocabulary
 
@@ -46,8 +41,8 @@ def tokenizer_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sd15_file(tiny_sd15, exports) -> Path:
-    return export_single_file(tiny_sd15, exports / "tiny-sd15.safetensors")
+def sd15_file(tiny_sd15_file) -> Path:
+    return tiny_sd15_file
 
 
 @pytest.fixture(scope="module")
@@ -109,24 +104,6 @@ def test_sd15_single_file_renders_the_same_image_as_the_folder(sd15_file, sd15_r
     assert (single_file_image == render(sd15_reference)).all()
 
 
-def test_sd15_export_uses_the_webui_key_names(sd15_file):
-    header = read_safetensors_header(sd15_file)
-    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
-    assert all(key.startswith(prefixes) for key in header.shapes)
-    # The tiny UNet has one resnet per level: its first up level has no attention, the others do.
-    for key in ("model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.input_blocks.2.0.op.weight",
-                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-                "model.diffusion_model.middle_block.1.proj_in.weight", "model.diffusion_model.time_embed.2.bias",
-                "model.diffusion_model.output_blocks.1.1.conv.weight",
-                "model.diffusion_model.output_blocks.3.2.conv.weight", "model.diffusion_model.out.2.weight",
-                "first_stage_model.decoder.up.3.upsample.conv.weight", "first_stage_model.encoder.norm_out.bias",
-                "first_stage_model.post_quant_conv.weight",
-                "cond_stage_model.transformer.text_model.final_layer_norm.weight"):
-        assert key in header.shapes, key
-    assert len(header.shapes["first_stage_model.encoder.mid.attn_1.q.weight"]) == 4  # LDM keeps 1x1 convs
-    assert header.metadata["modelspec.architecture"] == "stable-diffusion-v1"
-
-
 def test_loading_writes_nothing_next_to_the_checkpoint(sd15_file, tokenizer_cache):
     before = sorted(sd15_file.parent.iterdir())
     load_components(sd15_file, cache_dir=tokenizer_cache)
@@ -166,16 +143,6 @@ def test_webui_quirks_load_old_clip_names_and_skip_ema_and_schedule_tensors(sd15
 
 # ---------------------------------------------------------------------------------------------
 # Telling files apart from the header alone
-
-
-@pytest.fixture
-def no_tensor_reads(monkeypatch):
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("inspect_checkpoint read tensors")
-
-    monkeypatch.setattr(safetensors, "safe_open", refuse)
-    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
-    monkeypatch.setattr(safetensors.torch, "safe_open", refuse)
 
 
 @pytest.fixture
@@ -241,15 +208,23 @@ def _bad_files(tmp_path: Path, sd15_file: Path, tiny_sd15: Path, crafted: dict) 
     torch.save({"state_dict": {"x": torch.zeros(2)}}, tmp_path / "old.ckpt")
     lying = {"x": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 8]}}
     beyond = {"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+    overlapping = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                   "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
+    numbers_as_metadata = {"__metadata__": {"steps": 5}, "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
     files = {
         "missing": (tmp_path / "absent.safetensors", "not found"),
-        "empty": (tmp_path / "empty.safetensors", "only 0 bytes"),
-        "random bytes": (tmp_path / "random.safetensors", "header claims"),
-        "truncated header": (tmp_path / "cut-header.safetensors", "header claims"),
+        "empty": (tmp_path / "empty.safetensors", r"\(0 bytes\).*too short"),
+        "random bytes": (tmp_path / "random.safetensors", "claim a header larger than"),
+        "truncated header": (tmp_path / "cut-header.safetensors", "header runs past the end.*truncated"),
         "truncated data": (tmp_path / "cut-data.safetensors", "truncated"),
-        "header not JSON": (tmp_path / "not-json.safetensors", "not JSON"),
-        "header lies about sizes": (_header_file(tmp_path / "lies.safetensors", lying, bytes(8)), "lies"),
+        "header not JSON": (tmp_path / "not-json.safetensors", "header is not the JSON"),
+        "header lies about sizes": (_header_file(tmp_path / "lies.safetensors", lying, bytes(8)),
+                                    "does not fit the tensor's dtype and shape"),
         "offsets beyond the data": (_header_file(tmp_path / "beyond.safetensors", beyond, bytes(8)), "truncated"),
+        "overlapping tensors": (_header_file(tmp_path / "overlap.safetensors", overlapping, bytes(12)),
+                                "overlap or leave a gap"),
+        "metadata not strings": (_header_file(tmp_path / "meta.safetensors", numbers_as_metadata, bytes(4)),
+                                 "metadata that is not strings"),
         "pickle checkpoint": (tmp_path / "old.ckpt", "pickle"),
         "LoRA": (crafted["lora"], "LoRA"),
         "ControlNet": (crafted["webui-controlnet"], "ControlNet"),
@@ -266,8 +241,9 @@ def _bad_files(tmp_path: Path, sd15_file: Path, tiny_sd15: Path, crafted: dict) 
 
 
 BAD_CASES = ["missing", "empty", "random bytes", "truncated header", "truncated data", "header not JSON",
-             "header lies about sizes", "offsets beyond the data", "pickle checkpoint", "LoRA", "ControlNet",
-             "SD2 single file", "diffusers component", "folder without model_index.json"]
+             "header lies about sizes", "offsets beyond the data", "overlapping tensors", "metadata not strings",
+             "pickle checkpoint", "LoRA", "ControlNet", "SD2 single file", "diffusers component",
+             "folder without model_index.json"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -323,62 +299,6 @@ def test_an_invalid_config_note_is_named(sd15_file, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Export never leaves a partial file
-
-
-def test_a_failing_writer_leaves_no_partial_file(sd15_reference, tmp_path, monkeypatch):
-    def write_half_then_fail(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\0" * 1000)
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", write_half_then_fail)
-    target = tmp_path / "out" / "model.safetensors"
-    with pytest.raises(CheckpointError, match="No space left") as error:
-        export_single_file(sd15_reference, target)
-    assert str(target) in str(error.value)
-    assert list(target.parent.iterdir()) == []
-
-
-def test_export_into_a_read_only_folder_leaves_nothing(sd15_reference, tmp_path, monkeypatch):
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        if os.access(folder, os.W_OK):  # root ignores permissions: make the folder refuse files as it would
-            real_open = os.open
-
-            def refuse_in_folder(path, *args, **kwargs):
-                if Path(path).parent == folder:
-                    raise PermissionError(13, "Permission denied", str(path))
-                return real_open(path, *args, **kwargs)
-
-            monkeypatch.setattr(os, "open", refuse_in_folder)
-        target = folder / "model.safetensors"
-        with pytest.raises(CheckpointError, match="Permission denied") as error:
-            export_single_file(sd15_reference, target)
-        assert str(target) in str(error.value)
-        assert list(folder.iterdir()) == []
-    finally:
-        folder.chmod(stat.S_IRWXU)
-
-
-def test_export_refuses_to_overwrite_unless_asked(sd15_reference, tmp_path):
-    target = tmp_path / "model.safetensors"
-    target.write_bytes(b"keep me")
-    with pytest.raises(CheckpointError, match="already exists"):
-        export_single_file(sd15_reference, target)
-    assert target.read_bytes() == b"keep me"
-
-    export_single_file(sd15_reference, target, overwrite=True, dtype=torch.float16)
-    assert inspect_checkpoint(target).family == "sd15"
-    assert set(read_safetensors_header(target).dtypes.values()) == {"F16", "I64"}  # position_ids stay integers
-    assert [path.name for path in tmp_path.iterdir()] == ["model.safetensors"]
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # readable like any file the user writes
-
-
-# ---------------------------------------------------------------------------------------------
 # Offline, and the WebUI's model hash
 
 
@@ -402,12 +322,12 @@ def test_short_hash_is_the_webuis_and_is_cached(tmp_path, monkeypatch):
     cache = tmp_path / "hashes.json"
 
     assert short_hash(model, cache_file=cache) == hashlib.sha256(content).hexdigest()[:10]
-    assert checkpoints.legacy_model_hash(model) == hashlib.sha256(content[0x100000:0x110000]).hexdigest()[:8]
+    assert hashes.legacy_model_hash(model) == hashlib.sha256(content[0x100000:0x110000]).hexdigest()[:8]
 
     real_sha256 = hashlib.sha256
-    monkeypatch.setattr(checkpoints.hashlib, "sha256", lambda *_: pytest.fail("hashed again"))
+    monkeypatch.setattr(hashes.hashlib, "sha256", lambda *_: pytest.fail("hashed again"))
     assert short_hash(model, cache_file=cache) == real_sha256(content).hexdigest()[:10]
-    monkeypatch.setattr(checkpoints.hashlib, "sha256", real_sha256)
+    monkeypatch.setattr(hashes.hashlib, "sha256", real_sha256)
 
     model.write_bytes(content + b"changed")
     assert short_hash(model, cache_file=cache) == real_sha256(content + b"changed").hexdigest()[:10]
@@ -415,74 +335,24 @@ def test_short_hash_is_the_webuis_and_is_cached(tmp_path, monkeypatch):
         short_hash(tmp_path, cache_file=cache)
 
 
-# ---------------------------------------------------------------------------------------------
-# Slow tier: a full-size SD1.5 in the WebUI layout
-
-
-def _zero_filled(model):
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            tensor.zero_()
-    return model
-
-
-@pytest.mark.slow
-def test_full_size_sd15_single_file_loads_with_the_real_dimensions(tmp_path):
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with init_empty_weights():  # diffusers' defaults are SD1.5's UNet, apart from these two
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).to(torch.float16)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
-                            down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4).to(torch.float16)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)).to(torch.float16)
-    zeros = SDComponents(family="sd15", unet=_zero_filled(unet), vae=_zero_filled(vae),
-                         text_encoder=_zero_filled(text_encoder), tokenizer=None, scheduler=None,
-                         source=Path("zero-filled SD1.5"))
-    path = export_single_file(zeros, tmp_path / "sd15-zeros.safetensors")
-    del zeros, unet, vae, text_encoder
-
-    header = read_safetensors_header(path)
-    assert CONFIG_HINTS_KEY not in header.metadata  # real dimensions need no notes: all comes from shapes
-    for key, shape in {"model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
-                       "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
-                       "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
-                       "model.diffusion_model.input_blocks.9.0.op.weight": (1280, 1280, 3, 3),
-                       "first_stage_model.encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
-                       "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight": (768, 3072),
-                       }.items():
-        assert header.shapes[key] == shape, key
-
-    loaded = load_components(path, dtype=torch.float16, cache_dir=tmp_path)
-
-    unet_config, vae_config, text_config = loaded.unet.config, loaded.vae.config, loaded.text_encoder.config
-    assert inspect_checkpoint(path).family == loaded.family == "sd15"
-    assert list(unet_config.block_out_channels) == [320, 640, 1280, 1280]
-    assert (unet_config.cross_attention_dim, unet_config.attention_head_dim, unet_config.layers_per_block) == (
-        768, 8, 2)
-    assert (unet_config.in_channels, unet_config.norm_num_groups, unet_config.use_linear_projection) == (4, 32, False)
-    assert list(unet_config.down_block_types) == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
-    assert sum(parameter.numel() for parameter in loaded.unet.parameters()) == 859_520_964
-    assert list(vae_config.block_out_channels) == [128, 256, 512, 512]
-    assert (vae_config.latent_channels, vae_config.scaling_factor) == (4, 0.18215)
-    assert (text_config.hidden_size, text_config.num_hidden_layers, text_config.num_attention_heads) == (768, 12, 12)
-    assert text_config.hidden_act == "quick_gelu"
-    assert loaded.unet.conv_in.weight.dtype == torch.float16
-    assert not loaded.unet.conv_in.weight.any()
-    assert torch.equal(loaded.text_encoder.text_model.embeddings.position_ids[0], torch.arange(77))
+def test_the_loader_imports_neither_the_exporter_nor_the_tiny_models(sd15_file, tiny_sd15, tmp_path):
+    """The product's load path (WebUI and standalone) must not depend on code written for tests and the demo."""
+    script = (
+        "import sys\n"
+        "from portrait_core.models.checkpoints.loading import load_components\n"
+        f"load_components({str(sd15_file)!r}, cache_dir={str(tmp_path)!r})\n"
+        f"load_components({str(tiny_sd15)!r})\n"
+        "print(sorted(m for m in sys.modules if m in ('portrait_core.models.tiny', 'portrait_core.models.export')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[2], check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_header_length_ending_in_0x80_is_not_mistaken_for_a_pickle(tmp_path):
     """The first byte of a safetensors file is the low byte of its header length: 0x80 is as likely as any."""
-    import torch
     from safetensors.torch import save
-
-    from portrait_core.models.checkpoints import read_safetensors_header
 
     tensors = {"lora_unet_x.lora_down.weight": torch.zeros(2, 3)}
     for padding in range(256):
@@ -492,3 +362,10 @@ def test_header_length_ending_in_0x80_is_not_mistaken_for_a_pickle(tmp_path):
     path = tmp_path / "lucky.safetensors"
     path.write_bytes(data)
     assert read_safetensors_header(path).shapes == {"lora_unet_x.lora_down.weight": (2, 3)}
+
+
+def test_the_header_only_guard_catches_a_tensor_read(sd15_file, tmp_path, no_tensor_reads):
+    """The guard the inspection tests rely on: reading weights under it fails."""
+    assert inspect_checkpoint(sd15_file).family == "sd15"
+    with pytest.raises(AssertionError, match="only the header"):
+        load_components(sd15_file, cache_dir=tmp_path)

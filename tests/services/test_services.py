@@ -23,7 +23,7 @@ FAST = {"first_pass_steps": 3, "second_pass_steps": 3, "crop_size": 128, "seed":
 
 @pytest.fixture(scope="module")
 def components(tiny_sd15):
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
 
     parts = load_components(tiny_sd15)
     return {"unet": parts.unet, "text_encoder": parts.text_encoder}
