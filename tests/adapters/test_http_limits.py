@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ import time
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from portrait_core.adapters.http.api import API_PREFIX, ApiContext, mount_api
 from portrait_core.services.runtime import standalone_services
@@ -23,9 +25,9 @@ ROUTES = [f"{API_PREFIX}/generate", f"{API_PREFIX}/workflow"]
 
 
 @pytest.fixture
-def app(tmp_path, runner):
-    # No model is needed: every request here is refused before anything is generated.
-    services = standalone_services(Workspace(tmp_path / "home"), None, runner=runner)
+def app(tmp_path, runner, tiny_sd15):
+    # Every request here is refused before anything is generated (or a model loaded).
+    services = standalone_services(Workspace(tmp_path / "home"), tiny_sd15, runner=runner)
     application = FastAPI()
     mount_api(application, ApiContext(services=services, api_auth="ana:secret", limits=LIMITS))
     yield application
@@ -71,6 +73,27 @@ def test_one_image_over_its_own_limit_is_a_413_naming_it(client):
     response = client.post(ROUTES[1], json={"workflow": workflow, "images": {"pose.png": big}})
     assert response.status_code == 413, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "images", "pose.png"]
+
+
+def png_b64(size: tuple[int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 110, 100)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_outputs_over_the_size_limit_are_a_422_naming_the_step_or_template(client, runner, background):
+    upscales = [{"op": "upscale", "scale": 4}] * 5
+    workflow = {"steps": [{"op": "txt2img", "width": 64, "height": 64, "steps": 2}, *upscales]}
+    response = client.post(ROUTES[1], json={"workflow": workflow, "background": background})
+    assert response.status_code == 422, response.text
+    assert "steps[4] (upscale)" in response.json()["detail"] and "16384x16384" in response.json()["detail"]
+    params = {"identities": ["ana"], "upscale": 4}
+    response = client.post(ROUTES[0], json={"params": params, "background": background,
+                                            "templates": [{"name": "wide.png", "data": png_b64((2100, 1000))}]})
+    assert response.status_code == 422, response.text
+    assert "template wide.png (2100x1000 px upscaled x4) is too large" in response.json()["detail"]
+    assert runner.jobs() == [], "nothing was queued"
 
 
 def test_the_request_body_is_still_documented(client):
