@@ -18,6 +18,18 @@ SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC", 
 SamplerName = Literal["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC", "LMS", "Heun", "PNDM"]
 
 MIN_SIZE, MAX_SIZE = 64, 2048
+# The largest image a workflow step or a portrait may produce (after upscaling): a side of 8192 px and 64
+# megapixels, the same area as the largest photo accepted as a template, so every template renders at
+# upscale 1. Bigger outputs (e.g. a 64 px txt2img upscaled x4 five times: 65536 px) are refused up front.
+MAX_OUTPUT_SIDE, MAX_OUTPUT_PIXELS = 8192, 64_000_000
+
+
+def output_size_problem(width: int, height: int) -> Optional[str]:
+    """Why an output of `width` x `height` px is too large, or None when it fits the limits above."""
+    if max(width, height) > MAX_OUTPUT_SIDE or width * height > MAX_OUTPUT_PIXELS:
+        return (f"the output would be {width}x{height} px ({width * height / 1e6:.1f} megapixels); the limit is "
+                f"{MAX_OUTPUT_SIDE} px a side and {MAX_OUTPUT_PIXELS / 1e6:.0f} megapixels")
+    return None
 
 
 class IdentityId(str):

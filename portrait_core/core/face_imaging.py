@@ -370,30 +370,47 @@ def crop_around_face(image: ImageLike, face_box, *, scale: float = 3.0, short_si
 
 
 def _edge_ramp(length: int, width: float, fade_start: bool, fade_end: bool) -> np.ndarray:
-    """1-D weights along one side of a crop: fading to 0 at the ends that face the rest of the image."""
-    distance = np.minimum(np.arange(length) + 1.0 if fade_start else np.inf,
-                          length - np.arange(length) if fade_end else np.inf)
+    """1-D weights along one side of a crop: fading to 0 at the ends that face the rest of the image.
+    Always a `length` array, also when neither end fades (a crop spanning the image on this axis)."""
+    index = np.arange(length, dtype=np.float64)
+    distance = np.full(length, np.inf)
+    if fade_start:
+        distance = np.minimum(distance, index + 1.0)
+    if fade_end:
+        distance = np.minimum(distance, length - index)
     ramp = np.clip(distance / width, 0.0, 1.0) if width > 0 else np.ones(length)
     return ramp * ramp * (3.0 - 2.0 * ramp)
+
+
+def _integer_box(crop_box, width: int, height: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = _box(crop_box, "crop_box")
+    if any(float(v) != int(v) for v in (x0, y0, x1, y1)):
+        raise InputImageError(f"crop_box {crop_box!r} must have integer corners")
+    x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise InputImageError(f"crop_box {crop_box!r} lies outside the {width}x{height} template")
+    return x0, y0, x1, y1
 
 
 def paste_crop_back(template: ImageLike, processed: ImageLike, crop_box, *,
                     feather_width: Optional[float] = None) -> Image.Image:
     """`processed` (any size; resized to the crop box) composited into `template` at `crop_box`, faded
     in over `feather_width` px (default 5% of the box's short side) along the sides of the box that
-    lie inside the image. Pixels outside the crop box are the template's, bit for bit."""
+    lie inside the image; a side on or beyond the image border is not faded. A box reaching past the
+    image pastes the part that overlaps it. Pixels outside the crop box are the template's, bit for bit."""
     template_rgb = _rgb_array(template, "template")
     height, width = template_rgb.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in _box(crop_box, "crop_box"))
-    if (x0, y0, x1, y1) != tuple(crop_box) or x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        raise InputImageError(f"crop_box {crop_box!r} must be integer and inside the {width}x{height} template")
+    x0, y0, x1, y1 = _integer_box(crop_box, width, height)
     processed_image = Image.fromarray(_rgb_array(processed, "processed"))
     resized = np.asarray(processed_image.resize((x1 - x0, y1 - y0), Image.LANCZOS))
     if feather_width is None:
         feather_width = max(1.0, 0.05 * min(x1 - x0, y1 - y0))
     weight = np.minimum(_edge_ramp(y1 - y0, feather_width, y0 > 0, y1 < height)[:, None],
                         _edge_ramp(x1 - x0, feather_width, x0 > 0, x1 < width)[None, :])
-    template_rgb[y0:y1, x0:x1] = _blend(template_rgb[y0:y1, x0:x1], resized, weight)
+    # The part of the box inside the image, in template and in box coordinates.
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    inside = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+    template_rgb[cy0:cy1, cx0:cx1] = _blend(template_rgb[cy0:cy1, cx0:cx1], resized[inside], weight[inside])
     return Image.fromarray(template_rgb)
 
 

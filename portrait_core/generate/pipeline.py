@@ -24,7 +24,7 @@ from portrait_core.generate.identity import IdentityAssets, IdentityNotReadyErro
 from portrait_core.generate.pose import face_pose_map
 from portrait_core.hosts.base import Control, Host
 from portrait_core.log import get_logger
-from portrait_core.params import GenerateParams
+from portrait_core.params import GenerateParams, output_size_problem
 
 log = get_logger("generate")
 
@@ -32,7 +32,18 @@ IP_ADAPTER_BESIDE_LORA, IP_ADAPTER_ALONE = 0.0, 0.6
 
 
 class TemplateError(PortraitError):
-    """A template cannot be used: no face, too few faces, unreadable."""
+    """A template cannot be used: no face, too few faces, unreadable, too large."""
+
+
+def check_template_size(template: Image.Image, params: GenerateParams, template_name: str) -> None:
+    """TemplateError naming the template when its portrait (the template's size x `params.upscale`) would be
+    larger than the output limits of `portrait_core.params`."""
+    width, height = (max(1, round(side * params.upscale)) for side in template.size)
+    problem = output_size_problem(width, height)
+    if problem:
+        upscaled = f" upscaled x{params.upscale:g}" if params.upscale > 1 else ""
+        raise TemplateError(f"template {template_name} ({template.width}x{template.height} px{upscaled}) is too "
+                            f"large: {problem}; use a smaller template or a lower upscale")
 
 
 @dataclass
@@ -83,6 +94,7 @@ class PortraitGenerator:
     def generate(self, template: Image.Image, identities: list[IdentityAssets], params: GenerateParams, *,
                  template_name: str = "template") -> list[PortraitResult]:
         """One result per seed (`params.batch` of them), best identity score first."""
+        check_template_size(template, params, template_name)
         faces = self.assign_faces(template, identities, params, template_name)
         first_seed = params.seed if params.seed >= 0 else random.randrange(2**31)  # noqa: S311 - a seed, not a secret
         results = [self._render(template, faces, params, seed=first_seed + offset, template_name=template_name)

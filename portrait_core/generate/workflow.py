@@ -18,7 +18,7 @@ from portrait_core.errors import ModelUnavailableError, PortraitError
 from portrait_core.hosts.base import Control, Host
 from portrait_core.log import get_logger
 from portrait_core.models.families import family as model_family
-from portrait_core.params import GenerateParams, WorkflowParams
+from portrait_core.params import GenerateParams, WorkflowParams, output_size_problem
 
 log = get_logger("workflow")
 
@@ -73,6 +73,32 @@ class WorkflowRunner:
                                     "see the README's image-prompt section for where to put one")
             if step.op == "portrait" and self.generation is None:
                 raise WorkflowError(f"steps[{index}] (portrait): no portrait generator is configured")
+        self._check_output_sizes(workflow, images)
+
+    def _check_output_sizes(self, workflow: WorkflowParams, images: dict[str, Image.Image]) -> None:
+        """Each step's output size worked out from its inputs, refused when over the output limits."""
+        previous: tuple[int, int] | None = None
+        for index, step in enumerate(workflow.steps):
+            size = self._planned_size(step, {name: image.size for name, image in images.items()}, previous)
+            problem = output_size_problem(*size)
+            if problem:
+                raise WorkflowError(f"steps[{index}] ({step.op}): {problem}; lower its size or scale, or an "
+                                    "earlier step's")
+            previous = size
+
+    def _planned_size(self, step, sizes: dict[str, tuple[int, int]], previous) -> tuple[int, int]:
+        def source(name):
+            return sizes[name] if name else previous
+
+        if step.op == "txt2img":
+            return (step.width or self._default_side(), step.height or self._default_side())
+        if step.op in ("img2img", "pose_transfer", "image_prompt_pose"):
+            return _step_size(step, source(step.image if step.op == "img2img" else step.pose_image))
+        if step.op == "portrait":
+            return _scaled(source(step.template), GenerateParams(identities=step.identities, **step.options).upscale)
+        if step.op == "upscale":
+            return _scaled(source(step.image), step.scale)
+        return source(step.image)  # restore keeps the size
 
     # ---- the steps ------------------------------------------------------------------------------------
     def _run_txt2img(self, index, step, images, previous) -> StepOutput:
@@ -81,7 +107,7 @@ class WorkflowRunner:
 
     def _run_img2img(self, index, step, images, previous) -> StepOutput:
         source = _input(step.image, images, previous)
-        size = _step_size(step, source)
+        size = _step_size(step, source.size)
         mask = Image.new("L", source.size, 255)
         results, texts = [], []
         for seed in self._seeds(step):
@@ -93,7 +119,7 @@ class WorkflowRunner:
 
     def _run_pose_transfer(self, index, step, images, previous) -> StepOutput:
         source = _input(step.pose_image, images, previous)
-        size = _step_size(step, source)
+        size = _step_size(step, source.size)
         skeleton = self._pose_map(source, index, step.pose_image, size)
         controls = [Control("openpose", skeleton, step.controlnet_scale, preprocessed=True)]
         output = self._sample(index, step, size, controls, {"ControlNet openpose scale": step.controlnet_scale})
@@ -105,7 +131,7 @@ class WorkflowRunner:
         look = self._reference_face(step.identity) if step.ip_image is None and step.identity else \
             _input(step.ip_image, images, previous)
         pose_source = images[step.pose_image]
-        size = _step_size(step, pose_source)
+        size = _step_size(step, pose_source.size)
         skeleton = self._pose_map(pose_source, index, step.pose_image, size)
         controls = [Control("ip_adapter", look, step.ip_adapter_scale, preprocessed=True),
                     Control("openpose", skeleton, step.controlnet_scale, preprocessed=True)]
@@ -190,11 +216,15 @@ def _input(name: str | None, images: dict[str, Image.Image], previous: Image.Ima
     return (images[name] if name else previous).convert("RGB")
 
 
-def _step_size(step, source: Image.Image) -> tuple[int, int]:
-    """The step's width/height, else the input image's size rounded down to a multiple of 8."""
-    width = step.width or max(64, source.width // 8 * 8)
-    height = step.height or max(64, source.height // 8 * 8)
+def _step_size(step, source: tuple[int, int]) -> tuple[int, int]:
+    """The step's width/height, else the input image's size (width, height) rounded down to a multiple of 8."""
+    width = step.width or max(64, source[0] // 8 * 8)
+    height = step.height or max(64, source[1] // 8 * 8)
     return (min(width, 2048), min(height, 2048))
+
+
+def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
 
 
 def _infotext(step, index: int, seed: int, size: tuple[int, int], extra: dict) -> str:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from portrait_core.errors import ParameterError
 from portrait_core.generate.identity import IdentityAssets, load_identity, prefer_trained_face
-from portrait_core.generate.pipeline import PortraitGenerator, PortraitResult
+from portrait_core.generate.pipeline import PortraitGenerator, PortraitResult, check_template_size
 from portrait_core.generate.results import infotext, save_results
 from portrait_core.hosts.base import Host, HostSession
 from portrait_core.jobs import Job, JobRunner, TaskContext
@@ -107,6 +107,7 @@ class GenerationService:
     # ---- now ----------------------------------------------------------------------------------------
     def generate(self, params: GenerateParams, templates: Templates) -> list[tuple[PortraitResult, str]]:
         """Every template x seed, each result with its infotext; best identity score first per template."""
+        _check_template_sizes(params, templates)
         notes, identities = self.check(params)
         outputs = []
         with self.host.session("portrait studio: generate"):
@@ -132,6 +133,7 @@ class GenerationService:
                 outputs = self.generate(params, templates)
             return save_results(outputs, output_dir)
 
+        _check_template_sizes(params, templates)  # a template too large is refused now, not in the job
         with self.identities.exclusive(*params.identities):
             self.check(params)
             return self.runner.submit_task("generate", params.identities, task, output_dir)
@@ -171,3 +173,8 @@ def _mtime(path: Path) -> int | None:
         return path.stat().st_mtime_ns
     except OSError:
         return None
+
+
+def _check_template_sizes(params: GenerateParams, templates: Templates) -> None:
+    for name, template in templates:
+        check_template_size(template, params, name)

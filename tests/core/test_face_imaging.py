@@ -363,8 +363,85 @@ def test_crop_arguments_are_checked():
         fi.crop_around_face(template, (10, 10, 20, 20), short_side=500)
     with pytest.raises(InputImageError, match="face_box must have x0 < x1"):
         fi.crop_around_face(template, (20, 10, 10, 20))
-    with pytest.raises(InputImageError, match="crop_box .* inside the 100x100 template"):
-        fi.paste_crop_back(template, template, (50, 50, 120, 90))
+    with pytest.raises(InputImageError, match="crop_box .* lies outside the 100x100 template"):
+        fi.paste_crop_back(template, template, (100, 50, 120, 90))
+    with pytest.raises(InputImageError, match="crop_box .* integer corners"):
+        fi.paste_crop_back(template, template, (10.5, 10, 20, 20))
+
+
+def test_close_up_crop_spanning_the_template_pastes_back():
+    # The issue's reproduction: a face filling the frame, so the 3x crop reaches both side borders.
+    back = np.asarray(fi.paste_crop_back(Image.new("RGB", (100, 100)), Image.new("RGB", (50, 50), (255,) * 3),
+                                         (0, 10, 100, 60)))
+    assert back.shape == (100, 100, 3)
+    assert (back[30, [0, 50, 99]] == 255).all()  # no fade at the side borders the crop reaches
+    assert 0 < back[10, 50, 0] < 255 and 0 < back[59, 50, 0] < 255  # fades where the template goes on
+    assert (back[:10] == 0).all() and (back[60:] == 0).all()
+
+
+SIDE_PLACES = ("inside", "border", "beyond")
+
+
+def _side(place: str, inside: int, border: int, beyond: int) -> int:
+    return {"inside": inside, "border": border, "beyond": beyond}[place]
+
+
+def check_pasted_crop(width: int, height: int, box: tuple[int, int, int, int], feather: float) -> None:
+    """A white crop pasted on black: black outside the box, full white `feather` px away from every side
+    that lies inside the image, fading (never rising) toward those sides, full at the borders it reaches."""
+    x0, y0, x1, y1 = box
+    back = np.asarray(fi.paste_crop_back(np.zeros((height, width, 3), np.uint8), Image.new("RGB", (7, 5), (255,) * 3),
+                                         box, feather_width=feather)).astype(int)
+    assert back.shape == (height, width, 3)
+    assert (back == back[..., :1]).all()
+    value = back[..., 0]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    outside = np.ones((height, width), bool)
+    outside[cy0:cy1, cx0:cx1] = False
+    assert (value[outside] == 0).all()
+    ys, xs = np.mgrid[0:height, 0:width]
+    reach = np.full((height, width), np.inf)  # distance (in pixels, edge pixel = 1) to the nearest faded side
+    sides = ((x0 > 0, xs - x0 + 1), (y0 > 0, ys - y0 + 1), (x1 < width, x1 - xs), (y1 < height, y1 - ys))
+    for faded, distance in sides:
+        if faded:
+            reach = np.minimum(reach, distance)
+    crop = ~outside
+    assert (value[crop & (reach >= feather)] == 255).all()
+    if feather > 1:
+        assert (value[crop & (reach == 1)] < 255).all()
+    for row in range(cy0, cy1):  # never rising toward a faded side: monotone along each row to the middle
+        line = value[row, cx0:cx1]
+        middle = len(line) // 2
+        assert (np.diff(line[: middle + 1]) >= 0).all() or x0 <= 0
+        assert (np.diff(line[middle:]) <= 0).all() or x1 >= width
+
+
+@pytest.mark.parametrize("left", SIDE_PLACES)
+@pytest.mark.parametrize("top", SIDE_PLACES)
+@pytest.mark.parametrize("right", SIDE_PLACES)
+@pytest.mark.parametrize("bottom", SIDE_PLACES)
+def test_crop_touching_any_set_of_borders_pastes_with_a_fade_only_inside(left, top, right, bottom):
+    # Each side of the box inside the image, on its border, or beyond it: 0 to 4 borders touched.
+    box = (_side(left, 6, 0, -9), _side(top, 5, 0, -4), _side(right, 33, 40, 52), _side(bottom, 24, 30, 41))
+    check_pasted_crop(40, 30, box, feather=4)
+
+
+@given(st.integers(1, 24), st.integers(1, 24), st.data(), st.sampled_from([0, 1, 2.5, 6]))
+@settings(max_examples=150, deadline=None)
+def test_any_crop_box_overlapping_the_template_pastes_back(width, height, data, feather):
+    x0 = data.draw(st.integers(-8, width - 1), "x0")
+    y0 = data.draw(st.integers(-8, height - 1), "y0")
+    x1 = data.draw(st.integers(max(x0 + 1, 1), width + 8), "x1")  # 1 px crops and crops larger than the image
+    y1 = data.draw(st.integers(max(y0 + 1, 1), height + 8), "y1")
+    check_pasted_crop(width, height, (x0, y0, x1, y1), feather)
+
+
+def test_face_filling_the_frame_round_trips_through_crop_and_paste():
+    template = smooth_template(160, 200)
+    crop = fi.crop_around_face(template, (20, 30, 140, 170), short_side=128)
+    assert crop.box == (0, 0, 160, 200)  # the 3x crop is the whole template
+    back = np.asarray(fi.paste_crop_back(template, crop.image, crop.box)).astype(int)
+    assert back.shape == template.shape and np.abs(back - template).mean() < 1.0
 
 
 # ---------------------------------------------------------------- face fusion

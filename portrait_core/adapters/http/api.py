@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -33,6 +33,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from portrait_core import __version__
+from portrait_core.adapters.http.limits import check_declared_length, limited_stream
 from portrait_core.errors import (
     CheckpointError,
     IdentityError,
@@ -188,7 +189,7 @@ def build_router(context: ApiContext) -> APIRouter:
     _add_job_routes(router, api)
     _add_identity_routes(router, api)
     _add_info_routes(router)
-    add_generate_routes(router, api, context.services)
+    add_generate_routes(router, api, context.services, context.limits)
     return router
 
 
@@ -342,9 +343,7 @@ class _PortraitApi:
 
 async def read_train_request(request: Request, limits: UploadLimits) -> _TrainUpload:
     """The params and photos of a JSON (base64) or multipart request; every check happens before any write."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limits.max_request_bytes:
-        raise _too_large(limits)
+    check_declared_length(request, limits.max_request_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         return await _read_json_request(request, limits)
@@ -353,17 +352,8 @@ async def read_train_request(request: Request, limits: UploadLimits) -> _TrainUp
     raise HTTPException(415, "send application/json (photos in base64) or multipart/form-data (photo files)")
 
 
-async def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise HTTPException(413, f"the request is larger than {limit} bytes")
-        yield chunk
-
-
 async def _read_json_request(request: Request, limits: UploadLimits) -> _TrainUpload:
-    body = b"".join([chunk async for chunk in _limited_stream(request, limits.max_request_bytes)])
+    body = b"".join([chunk async for chunk in limited_stream(request, limits.max_request_bytes)])
     try:
         raw = json.loads(body)
     except ValueError as error:
@@ -381,7 +371,7 @@ async def _read_json_request(request: Request, limits: UploadLimits) -> _TrainUp
 
 
 async def _read_multipart_request(request: Request, limits: UploadLimits) -> _TrainUpload:
-    parser = MultiPartParser(request.headers, _limited_stream(request, limits.max_request_bytes),
+    parser = MultiPartParser(request.headers, limited_stream(request, limits.max_request_bytes),
                              max_files=limits.max_photos + 1, max_fields=8)
     try:
         form = await parser.parse()
@@ -465,10 +455,6 @@ def _error_item(loc: Sequence[Any], msg: str, error_type: str = "value_error") -
 
 def _field_error(status: int, loc: Sequence[Any], msg: str, error_type: str = "value_error") -> HTTPException:
     return HTTPException(status, [_error_item(loc, msg, error_type)])
-
-
-def _too_large(limits: UploadLimits) -> HTTPException:
-    return HTTPException(413, f"the request is larger than {limits.max_request_bytes} bytes")
 
 
 def _photo_too_large(index: int, name: Optional[str], limits: UploadLimits) -> HTTPException:

@@ -11,12 +11,13 @@ from typing import Dict, List, Optional
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
+from portrait_core.adapters.http.limits import limited_body_route
 from portrait_core.errors import PortraitError, UnusablePhotoError
 from portrait_core.generate.results import image_png, png_bytes, read_saved_portraits, read_saved_workflow
 from portrait_core.params import GenerateParams, StrictModel, WorkflowParams
 from portrait_core.services.identities import IdentityBusyError
 from portrait_core.services.runtime import PortraitServices
-from portrait_core.services.uploads import MAX_TEMPLATES
+from portrait_core.services.uploads import MAX_TEMPLATES, UploadLimits
 
 
 class TemplateUpload(StrictModel):
@@ -76,23 +77,27 @@ class JobResultsResponse(BaseModel):
     steps: List[WorkflowStepResult] = Field([], description="a workflow job's steps")
 
 
-def add_generate_routes(router: APIRouter, api, services: PortraitServices) -> None:
-    """Register the routes; `api` is the router's handler object (job lookup)."""
-    routes = _GenerateRoutes(api, services)
+def add_generate_routes(router: APIRouter, api, services: PortraitServices,
+                        limits: UploadLimits) -> None:
+    """Register the routes; `api` is the router's handler object (job lookup). Bodies over
+    `limits.max_generate_bytes` are refused with 413 before they are read."""
+    routes = _GenerateRoutes(api, services, limits)
+    limited = limited_body_route(limits.max_generate_bytes)
     router.add_api_route("/generate", routes.generate, methods=["POST"], response_model=GenerateResponse,
-                         summary="Render identities into template photos")
+                         summary="Render identities into template photos", route_class_override=limited)
     router.add_api_route("/jobs/{job_id}/results", routes.results, methods=["GET"],
                          response_model=JobResultsResponse, summary="The images of a finished background job")
     router.add_api_route("/workflow", routes.workflow, methods=["POST"], response_model=WorkflowResponse,
-                         summary="Run a workflow (txt2img, pose transfer, image prompt + pose, restore ...)")
+                         summary="Run a workflow (txt2img, pose transfer, image prompt + pose, restore ...)",
+                         route_class_override=limited)
 
 
 class _GenerateRoutes:
-    def __init__(self, api, services: PortraitServices):
-        self.api, self.services = api, services
+    def __init__(self, api, services: PortraitServices, limits: UploadLimits):
+        self.api, self.services, self.limits = api, services, limits
 
     def generate(self, request: GenerateRequest) -> dict:
-        templates = [(_label(upload.name, index), _decode_template(upload, index))
+        templates = [(_label(upload.name, index), _decode_template(upload, index, self.limits))
                      for index, upload in enumerate(request.templates)]
         generation = self.services.generation
         with _as_http():
@@ -102,7 +107,7 @@ class _GenerateRoutes:
         return {"images": [_image_record(result, text) for result, text in outputs]}
 
     def workflow(self, request: WorkflowRequest) -> dict:
-        images = {name: _decode_template(TemplateUpload(name=name, data=data), name, field="images")
+        images = {name: _decode_template(TemplateUpload(name=name, data=data), name, self.limits, field="images")
                   for name, data in request.images.items()}
         workflows = self.services.workflows
         with _as_http():
@@ -136,17 +141,21 @@ def _as_http() -> Iterator[None]:
         raise HTTPException(422, str(error)) from error
 
 
-def _decode_template(upload: TemplateUpload, index, field: str = "templates"):
+def _decode_template(upload: TemplateUpload, index, limits: UploadLimits, field: str = "templates"):
     from PIL import Image
 
     from portrait_core.prepare.photos import decode_photo
 
+    loc = ["body", field, index, "data"] if field == "templates" else ["body", field, index]
     text = upload.data.split(",", 1)[1] if upload.data.startswith("data:") else upload.data
+    text = "".join(text.split())
+    if len(text) // 4 * 3 > limits.max_template_bytes + 2:
+        raise HTTPException(413, [{"loc": loc, "msg": f"{field} {index!r} is larger than {limits.max_template_bytes} "
+                                   "bytes", "type": "value_error.too_large"}])
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
+        data = base64.b64decode(text, validate=True)
         return Image.fromarray(decode_photo(data, upload.name).pixels)
     except (ValueError, UnusablePhotoError) as error:
-        loc = ["body", field, index, "data"] if field == "templates" else ["body", field, index]
         raise HTTPException(422, [{"loc": loc, "msg": str(error), "type": "value_error"}]) from error
 
 
