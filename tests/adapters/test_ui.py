@@ -391,6 +391,31 @@ def test_a_new_page_finds_the_running_training_and_cancels_it(tmp_path):
         runner.close()
 
 
+def test_retry_queues_a_failed_training_again_and_follows_it_to_the_end(tmp_path):
+    # A trainer stand-in that fails on its first run and succeeds on the next, as a crash then a resume would.
+    marker = tmp_path / "ran-once"
+    first_run_fails = (f"import os, sys; seen = os.path.exists({str(marker)!r}); open({str(marker)!r}, 'w').close(); "
+                       "seen or sys.exit(3)")
+    runner = JobRunner(tmp_path / "jobs", use_accelerate=False)
+    try:
+        page = Page(ui.build_ui(make_backend(runner, tmp_path / "identities")))
+        page.trigger("portrait-train-retry")
+        assert "No failed or cancelled training" in text_of(page.get("portrait-train-message"))
+        job = runner.submit("train", "ana", ["timeit", "-n", "1", "-r", "1", "-s", first_run_fails, "pass"],
+                            tmp_path / "run")
+        assert runner.wait(job.id, timeout=30).state == "failed"
+        page.set("portrait-train-identity", "ana")  # e.g. after a reload: the form names the identity
+        page.trigger("portrait-train-retry")
+        assert f"queued again (job {job.id})" in text_of(page.get("portrait-train-message"))
+        assert "ana: done" in text_of(page.get("portrait-train-progress")), "the progress was not followed"
+        assert runner.get(job.id).state == "done" and runner.get(job.id).attempts == 2
+        page.trigger("portrait-train-retry")  # the page's job is done now: nothing to retry
+        message = text_of(page.get("portrait-train-message"))
+        assert "Training not retried" in message and "only failed or cancelled" in message
+    finally:
+        runner.close()
+
+
 def test_leaving_the_name_field_says_at_once_what_is_wrong_or_that_it_exists(runner, identities_root):
     page = Page(ui.build_ui(make_backend(runner, identities_root)))
     page.set("portrait-train-identity", "ana lopez")
