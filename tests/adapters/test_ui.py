@@ -370,6 +370,15 @@ def test_progress_shows_step_eta_and_the_latest_identity_score(runner, tmp_path)
     assert 'style="width: 44.4%"' in progress_html(job, None)
 
 
+def test_the_photo_encoding_moves_the_bar_under_its_own_label(runner, tmp_path):
+    job = runner.submit("train", "ana", ["portrait_core.nothing"], tmp_path / "run")
+    runner.cancel(job.id)
+    job.state, job.progress = "running", {"phase": "encoding", "step": 4, "total": 10, "eta_s": 30}
+    shown = text_of(progress_html(job, None))
+    assert "Encoding the photos" in shown and "step 4/10" in shown and "ETA 0m30s" in shown
+    assert 'style="width: 40.0%"' in progress_html(job, None)
+
+
 def test_a_new_page_finds_the_running_training_and_cancels_it(tmp_path):
     # The job is a plain sleeping process: what matters here is the page, not what the job does.
     runner = JobRunner(tmp_path / "jobs", use_accelerate=False)

@@ -50,7 +50,8 @@ from portrait_core.store import identity_paths, read_json, validate_identity_id
 from portrait_core.training.trainer import eta_text
 
 IDLE_PROGRESS = '<div class="portrait-progress portrait-idle">No training running.</div>'
-PHASE_LABELS = {"loading": "Loading the base model", "training": "Training", "validating": "Validating",
+PHASE_LABELS = {"loading": "Loading the base model", "encoding": "Encoding the photos", "training": "Training",
+                "validating": "Validating",
                 "checkpoint": "Saved a checkpoint", "merging": "Merging the best checkpoints",
                 "merged": "Merged", "early_stop": "Stopping early (no more gain)", "done": "Done"}
 
