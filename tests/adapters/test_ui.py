@@ -25,7 +25,7 @@ from portrait_core import config
 from portrait_core.adapters import ui
 from portrait_core.adapters.ui.forms import build_params, model_widgets
 from portrait_core.adapters.ui.train import latest_identity_score, progress_html
-from portrait_core.jobs import FINISHED_STATES, JobRunner
+from portrait_core.jobs import FINISHED_STATES, JobRunner, job_status
 from portrait_core.params import GenerateParams, TrainParams
 from tests.lora_factory import random_lora_for
 from tests.service_factory import services_on
@@ -377,6 +377,7 @@ def test_the_photo_encoding_moves_the_bar_under_its_own_label(runner, tmp_path):
     shown = text_of(progress_html(job, None))
     assert "Encoding the photos" in shown and "step 4/10" in shown and "ETA 0m30s" in shown
     assert 'style="width: 40.0%"' in progress_html(job, None)
+    assert job_status(job)["fraction"] is None, "the job's own fraction (HTTP) must not run 0..1 twice"
 
 
 def test_a_new_page_finds_the_running_training_and_cancels_it(tmp_path):

@@ -384,6 +384,8 @@ def progress_html(job: Job, identity_score: float | None) -> str:
     status = job_status(job)
     fraction = status["fraction"] if status["fraction"] is not None else 0.0
     progress = status["progress"]
+    if progress.get("phase") == "encoding" and progress.get("total"):  # the bar fills once per phase
+        fraction = min((progress.get("step") or 0) / progress["total"], 1.0)
     parts = [_state_label(job, progress)]
     if progress.get("total") and job.state not in (QUEUED,):
         parts.append(f"step {progress.get('step') or 0}/{progress['total']}")
