@@ -49,6 +49,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
 PROGRESS_FIELDS = ("phase", "step", "total", "loss", "eta_s", "identity_score")
+SETUP_PHASES = ("loading", "encoding")  # before the first training step; their own step/total
 CANCEL_GRACE_SECONDS = 10.0
 STDERR_TAIL_LINES = 15
 LOG_TAIL_CHARS = 4000
@@ -810,6 +811,8 @@ def job_status(job: Job) -> dict:
     step, total = progress.get("step"), progress.get("total")
     if job.state == DONE:
         fraction = 1.0
+    elif progress.get("phase") in SETUP_PHASES and job.state == RUNNING:
+        fraction = None  # their steps are not the job's: a resumed job's fraction must not drop back to 0
     elif isinstance(step, int | float) and isinstance(total, int | float) and total:
         fraction = round(min(step / total, 1.0), 4)
     else:

@@ -424,3 +424,22 @@ def test_a_folder_whose_trainer_lock_is_held_gets_no_second_trainer(tmp_path):
         assert runner.wait(job.id, timeout=30).state == CANCELLED
     finally:
         runner.close()
+
+
+def test_a_training_is_not_retried_while_its_identity_has_another_training(tmp_path):
+    runner = JobRunner(tmp_path / "jobs", use_accelerate=False)
+    try:
+        first = runner.submit("train", "ana", ["timeit", SLEEP_60], tmp_path / "first")
+        runner.cancel(first.id)
+        assert runner.wait(first.id, timeout=30).state == CANCELLED
+        second = runner.submit("train", "ana", ["timeit", SLEEP_60], tmp_path / "second")
+        wait_until(lambda: runner.get(second.id).state == RUNNING, 30, "the second training")
+        with pytest.raises(JobStateError, match=f"'ana' already has a running train job \\({second.id}\\)"):
+            runner.retry(first.id)
+        runner.cancel(second.id)
+        assert runner.wait(second.id, timeout=30).state == CANCELLED
+        assert runner.retry(first.id).state in (QUEUED, RUNNING)
+        runner.cancel(first.id)
+        assert runner.wait(first.id, timeout=30).state == CANCELLED
+    finally:
+        runner.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def run_training(args: argparse.Namespace, progress: ProgressLog) -> Path:
 
     torch.manual_seed(args.seed)
     progress.write("loading", step=0, total=0)
-    setup = build_setup(args)
+    setup = build_setup(args, progress)
     state = TrainingState(total=planned_steps(setup.n_images, args.steps_per_photo, args.max_steps))
     state.step = state.first_step = resume_if_possible(args, setup)
     scores = _previous_scores(args.output_dir)
@@ -75,7 +76,7 @@ def run_training(args: argparse.Namespace, progress: ProgressLog) -> Path:
     return final
 
 
-def build_setup(args: argparse.Namespace) -> TrainingSetup:
+def build_setup(args: argparse.Namespace, progress: ProgressLog | None = None) -> TrainingSetup:
     import torch
     from accelerate import Accelerator
 
@@ -93,7 +94,7 @@ def build_setup(args: argparse.Namespace) -> TrainingSetup:
     examples = list_examples(args.dataset, args.caption or f"a photo of {args.identity}")
     images = [load_square(example.image_path, resolution) for example in examples]
     components.vae.to(accelerator.device)
-    cache = LatentCache(components.vae, images, str(accelerator.device))
+    cache = LatentCache(components.vae, images, str(accelerator.device), on_progress=_encoding_reporter(progress))
     token_ids = _tokenize(components, [example.caption for example in examples])
     optimizer = _optimizer(trainable, args.learning_rate, args.text_encoder_lr_ratio)
     if torch.cuda.is_available():
@@ -103,6 +104,19 @@ def build_setup(args: argparse.Namespace) -> TrainingSetup:
     trainable = dict(zip(trainable, models, strict=True))
     return TrainingSetup(accelerator, components, trainable, optimizer, _noise_scheduler(components), cache,
                          token_ids, rank, alpha, resolution, len(images))
+
+
+def _encoding_reporter(progress: ProgressLog | None):
+    """Progress records for the VAE pre-encoding: phase `encoding`, images done of total, an ETA."""
+    if progress is None:
+        return None
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        eta = (time.perf_counter() - started) / done * (total - done) if done else None
+        progress.write("encoding", step=done, total=total, eta_s=_rounded(eta))
+
+    return report
 
 
 def _add_adapters(components, rank: int, alpha: float, device) -> dict:

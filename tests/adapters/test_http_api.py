@@ -125,7 +125,7 @@ def test_mounting_twice_replaces_the_routes(tmp_path, runner):
     for _ in range(2):
         mount_api(app, ApiContext(services=services))
     paths = [route.path for route in app.routes if route.path.startswith(API_PREFIX)]
-    assert len(paths) == len(set(paths)) == 10
+    assert len(paths) == len(set(paths)) == 11
 
 
 # -- auth ----------------------------------------------------------------------------------------------

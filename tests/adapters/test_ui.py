@@ -25,7 +25,7 @@ from portrait_core import config
 from portrait_core.adapters import ui
 from portrait_core.adapters.ui.forms import build_params, model_widgets
 from portrait_core.adapters.ui.train import latest_identity_score, progress_html
-from portrait_core.jobs import FINISHED_STATES, JobRunner
+from portrait_core.jobs import FINISHED_STATES, JobRunner, job_status
 from portrait_core.params import GenerateParams, TrainParams
 from tests.service_factory import services_on
 
@@ -360,6 +360,16 @@ def test_progress_shows_step_eta_and_the_latest_identity_score(runner, tmp_path)
     assert 'style="width: 44.4%"' in progress_html(job, None)
 
 
+def test_the_photo_encoding_moves_the_bar_under_its_own_label(runner, tmp_path):
+    job = runner.submit("train", "ana", ["portrait_core.nothing"], tmp_path / "run")
+    runner.cancel(job.id)
+    job.state, job.progress = "running", {"phase": "encoding", "step": 4, "total": 10, "eta_s": 30}
+    shown = text_of(progress_html(job, None))
+    assert "Encoding the photos" in shown and "step 4/10" in shown and "ETA 0m30s" in shown
+    assert 'style="width: 40.0%"' in progress_html(job, None)
+    assert job_status(job)["fraction"] is None, "the job's own fraction (HTTP) must not run 0..1 twice"
+
+
 def test_a_new_page_finds_the_running_training_and_cancels_it(tmp_path):
     # The job is a plain sleeping process: what matters here is the page, not what the job does.
     runner = JobRunner(tmp_path / "jobs", use_accelerate=False)
@@ -377,6 +387,31 @@ def test_a_new_page_finds_the_running_training_and_cancels_it(tmp_path):
         assert "Cancelling the training of 'ana'" in text_of(page.get("portrait-train-message"))
         watching.join(timeout=30)
         assert not watching.is_alive() and "ana: cancelled" in text_of(page.get("portrait-train-progress"))
+    finally:
+        runner.close()
+
+
+def test_retry_queues_a_failed_training_again_and_follows_it_to_the_end(tmp_path):
+    # A trainer stand-in that fails on its first run and succeeds on the next, as a crash then a resume would.
+    marker = tmp_path / "ran-once"
+    first_run_fails = (f"import os, sys; seen = os.path.exists({str(marker)!r}); open({str(marker)!r}, 'w').close(); "
+                       "seen or sys.exit(3)")
+    runner = JobRunner(tmp_path / "jobs", use_accelerate=False)
+    try:
+        page = Page(ui.build_ui(make_backend(runner, tmp_path / "identities")))
+        page.trigger("portrait-train-retry")
+        assert "No failed or cancelled training" in text_of(page.get("portrait-train-message"))
+        job = runner.submit("train", "ana", ["timeit", "-n", "1", "-r", "1", "-s", first_run_fails, "pass"],
+                            tmp_path / "run")
+        assert runner.wait(job.id, timeout=30).state == "failed"
+        page.set("portrait-train-identity", "ana")  # e.g. after a reload: the form names the identity
+        page.trigger("portrait-train-retry")
+        assert f"queued again (job {job.id})" in text_of(page.get("portrait-train-message"))
+        assert "ana: done" in text_of(page.get("portrait-train-progress")), "the progress was not followed"
+        assert runner.get(job.id).state == "done" and runner.get(job.id).attempts == 2
+        page.trigger("portrait-train-retry")  # the page's job is done now: nothing to retry
+        message = text_of(page.get("portrait-train-message"))
+        assert "Training not retried" in message and "only failed or cancelled" in message
     finally:
         runner.close()
 

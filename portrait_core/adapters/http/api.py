@@ -41,7 +41,7 @@ from portrait_core.errors import (
     ModelUnavailableError,
     NoUsablePhotosError,
 )
-from portrait_core.jobs import Job, JobNotFoundError, job_status
+from portrait_core.jobs import Job, JobNotFoundError, JobStateError, JobStoreError, job_status
 from portrait_core.log import get_logger
 from portrait_core.params import StrictModel, TrainParams, params_json_schema
 from portrait_core.services.identities import IdentityBusyError
@@ -104,6 +104,7 @@ class JobStatus(BaseModel):
     created: float
     started: Optional[float] = None
     finished: Optional[float] = None
+    retryable: bool = Field(False, description="failed or cancelled training: POST jobs/{id}/retry resumes it")
 
 
 class SavedPhoto(BaseModel):
@@ -187,6 +188,7 @@ def build_router(context: ApiContext) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["Portrait Studio"], dependencies=api.dependencies())
     _add_train_routes(router, api)
     _add_job_routes(router, api)
+    _add_retry_routes(router, api)
     _add_identity_routes(router, api)
     _add_info_routes(router)
     add_generate_routes(router, api, context.services, context.limits)
@@ -201,6 +203,11 @@ def _add_train_routes(router: APIRouter, api: _PortraitApi) -> None:
 def _add_job_routes(router: APIRouter, api: _PortraitApi) -> None:
     router.add_api_route("/jobs/{job_id}", api.get_job, methods=["GET"], response_model=JobStatus)
     router.add_api_route("/jobs/{job_id}/cancel", api.cancel_job, methods=["POST"], response_model=JobStatus)
+
+
+def _add_retry_routes(router: APIRouter, api: _PortraitApi) -> None:
+    router.add_api_route("/jobs/{job_id}/retry", api.retry_job, methods=["POST"], response_model=JobStatus,
+                         summary="Queue a failed or cancelled training again; it resumes from its last checkpoint")
 
 
 def _add_identity_routes(router: APIRouter, api: _PortraitApi) -> None:
@@ -301,6 +308,8 @@ class _PortraitApi:
             raise HTTPException(503, f"face models are not available: {error}") from error
         except IdentityError as error:  # e.g. the identity's folder is a symbolic link: we do not write through it
             raise HTTPException(409, str(error)) from error
+        except JobStoreError as error:  # e.g. a full disk: nothing was queued
+            raise HTTPException(507, str(error)) from error
         job = started.job
         return {"job_id": job.id, "job": job_status(job), "base_model": started.base_model.name,
                 "notes": started.notes, "report": started.report.to_json() if started.report else None,
@@ -313,6 +322,16 @@ class _PortraitApi:
     def cancel_job(self, job_id: str) -> dict:
         self.job(job_id)
         return job_status(self.services.runner.cancel(job_id))
+
+    def retry_job(self, job_id: str) -> dict:
+        """409 unless the job is a failed or cancelled training whose identity has no other training."""
+        self.job(job_id)
+        try:
+            return job_status(self.services.runner.retry(job_id))
+        except JobStateError as error:
+            raise HTTPException(409, str(error)) from error
+        except JobStoreError as error:
+            raise HTTPException(507, str(error)) from error
 
     def job(self, job_id: str) -> Job:
         try:

@@ -31,7 +31,17 @@ from portrait_core.errors import (
     NoUsablePhotosError,
     PortraitError,
 )
-from portrait_core.jobs import DONE, FAILED, FINISHED_STATES, QUEUED, Job, JobNotFoundError, job_status
+from portrait_core.jobs import (
+    DONE,
+    FAILED,
+    FINISHED_STATES,
+    QUEUED,
+    Job,
+    JobNotFoundError,
+    JobStateError,
+    JobStoreError,
+    job_status,
+)
 from portrait_core.params import TrainParams
 from portrait_core.services.identities import IdentityBusyError
 from portrait_core.services.training import DatasetMissingError
@@ -40,7 +50,8 @@ from portrait_core.store import identity_paths, read_json, validate_identity_id
 from portrait_core.training.trainer import eta_text
 
 IDLE_PROGRESS = '<div class="portrait-progress portrait-idle">No training running.</div>'
-PHASE_LABELS = {"loading": "Loading the base model", "training": "Training", "validating": "Validating",
+PHASE_LABELS = {"loading": "Loading the base model", "encoding": "Encoding the photos", "training": "Training",
+                "validating": "Validating",
                 "checkpoint": "Saved a checkpoint", "merging": "Merging the best checkpoints",
                 "merged": "Merged", "early_stop": "Stopping early (no more gain)", "done": "Done"}
 
@@ -73,6 +84,7 @@ class TrainTab:
     advanced: dict
     start: gr.Button
     cancel: gr.Button
+    retry: gr.Button
     message: gr.HTML
     progress: gr.HTML
     show_progress: gr.Button
@@ -120,10 +132,11 @@ def _train_form(backend: UiBackend) -> dict:
         start = gr.Button("Start training", variant="primary", elem_id="portrait-train-start",
                           elem_classes=["portrait-submit"])
         cancel = gr.Button("Cancel training", elem_id="portrait-train-cancel")
+        retry = gr.Button("Retry training", elem_id="portrait-train-retry")
     message = gr.HTML(elem_id="portrait-train-message")
     return {"photos": photos, "identity": identity, "identity_hint": identity_hint, "checkpoint": checkpoint,
             "refresh_checkpoints": refresh_checkpoints, "advanced": advanced, "start": start, "cancel": cancel,
-            "message": message}
+            "retry": retry, "message": message}
 
 
 def _connect_train_events(w: TrainTab) -> None:
@@ -134,8 +147,10 @@ def _connect_train_events(w: TrainTab) -> None:
     for trigger in (w.show_progress.click, w.tab.select):
         resumed = trigger(handlers.resume, inputs=[w.job_id], outputs=[w.job_id])
         watchers.append(resumed.then(handlers.watch, inputs=[w.job_id], outputs=[w.progress]))
-    # One watcher per page: a new one (Start, or the tab shown again) stops the one before.
-    for trigger in (w.start.click, w.show_progress.click, w.tab.select):
+    retried = w.retry.click(handlers.retry, inputs=[w.job_id, w.identity], outputs=[w.message, w.progress, w.job_id])
+    watchers.append(retried.then(handlers.watch, inputs=[w.job_id], outputs=[w.progress]))
+    # One watcher per page: a new one (Start, Retry, or the tab shown again) stops the one before.
+    for trigger in (w.start.click, w.show_progress.click, w.tab.select, w.retry.click):
         trigger(None, None, None, cancels=watchers)
     w.cancel.click(handlers.cancel, inputs=[w.job_id], outputs=[w.message])
     w.identity.blur(handlers.check_identity, inputs=[w.identity], outputs=[w.identity_hint])
@@ -199,6 +214,28 @@ class TrainHandlers:
         job = self.backend.runner.cancel(job.id)
         return {self.w.message: info_html(f"Cancelling the training of {job.identity!r} (job {job.id}); "
                                           "its last checkpoint is kept.")}
+
+    def retry(self, job_id: str | None, identity: str | None) -> dict:
+        """Queue the page's failed or cancelled training again (without one: the newest such training of the
+        identity named in the form); it resumes from its last checkpoint."""
+        w = self.w
+        job = self._job(job_id) or self._latest_retryable((identity or "").strip())
+        if job is None:
+            return {w.message: info_html("No failed or cancelled training to retry on this page."),
+                    w.progress: gr.update(), w.job_id: gr.update()}
+        try:
+            job = self.backend.runner.retry(job.id)
+        except (JobStateError, JobStoreError, JobNotFoundError) as error:
+            return {w.message: error_html(str(error), "Training not retried"), w.progress: gr.update(),
+                    w.job_id: gr.update()}
+        log.info("UI: queued training %s for %s again", job.id, job.identity)
+        return {w.message: info_html(f"Training of {job.identity!r} queued again (job {job.id}); it resumes from "
+                                     "its last checkpoint."), w.progress: progress_html(job, None), w.job_id: job.id}
+
+    def _latest_retryable(self, identity: str) -> Job | None:
+        found = [job for job in self.backend.runner.jobs()
+                 if job.kind == "train" and identity in job.identities and job_status(job)["retryable"]]
+        return max(found, key=lambda job: job.created) if identity and found else None
 
     def check_identity(self, identity: str) -> dict:
         """A hint under the name as soon as the field is left: refused, or already trained."""
@@ -264,7 +301,7 @@ class TrainHandlers:
                           "again from; upload 5–20 photos") from error
         except CheckpointError as error:
             raise Refusal(f"Base checkpoint (base_model): {error}") from error
-        except IdentityError as error:
+        except (IdentityError, JobStoreError) as error:
             raise Refusal(str(error)) from error
         if started.report is not None:
             report = report_html(started.report.to_json(), uploads)
@@ -347,6 +384,8 @@ def progress_html(job: Job, identity_score: float | None) -> str:
     status = job_status(job)
     fraction = status["fraction"] if status["fraction"] is not None else 0.0
     progress = status["progress"]
+    if progress.get("phase") == "encoding" and progress.get("total"):  # the bar fills once per phase
+        fraction = min((progress.get("step") or 0) / progress["total"], 1.0)
     parts = [_state_label(job, progress)]
     if progress.get("total") and job.state not in (QUEUED,):
         parts.append(f"step {progress.get('step') or 0}/{progress['total']}")
