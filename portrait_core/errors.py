@@ -61,6 +61,16 @@ class IdentityNotFoundError(IdentityError):
     """No identity of that name is stored."""
 
 
+class DamagedIdentityError(IdentityError):
+    """A file of a stored identity cannot be read or does not say what it must: names the identity and the
+    file (relative to the identity's folder, so no server path reaches a client)."""
+
+    def __init__(self, identity: str, file: str, problem: str):
+        super().__init__(f"identity {identity!r} is damaged: its {file} {problem}; upload its photos again to "
+                         "prepare it anew, or delete it")
+        self.identity, self.file, self.problem = identity, file, problem
+
+
 class EmbeddingMismatchError(PortraitError):
     """Two face embeddings come from different models or sizes and cannot be compared."""
 

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from portrait_core.config import settings
-from portrait_core.errors import IdentityError
+from portrait_core.errors import DamagedIdentityError, IdentityError
 from portrait_core.log import get_logger
 
 log = get_logger("store")
@@ -171,6 +171,53 @@ def read_json(path: Path) -> Any:
 
 # -- reading a prepared dataset -----------------------------------------------------------------------
 
+def read_identity_json(identity: str, folder: Path, path: Path, required: tuple[str, ...] = ()) -> dict:
+    """A JSON object file of the identity whose folder is `folder`; DamagedIdentityError naming the identity
+    and the file when it cannot be read, is not a JSON object, or lacks one of the `required` keys."""
+    file = _relative_name(path, folder)
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedIdentityError(identity, file, "is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DamagedIdentityError(identity, file, f"cannot be read ({str(error)[:200]})") from None
+    if not isinstance(value, dict):
+        raise DamagedIdentityError(identity, file, f"holds a JSON {type(value).__name__}, not an object")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise DamagedIdentityError(identity, file, f"lacks {', '.join(missing)}")
+    return value
+
+
+def check_prepared_files(paths: IdentityPaths) -> None:
+    """DamagedIdentityError when a prepared identity's dataset files (manifest, embeddings, reference face
+    information) are unreadable or incomplete; nothing when the identity is not prepared at all."""
+    layout = paths.dataset_layout()
+    if not layout.manifest.is_file() and not layout.reference_info.is_file():
+        return
+    read_identity_json(paths.id, paths.folder, layout.manifest, ("images",))
+    read_identity_json(paths.id, paths.folder, layout.reference_info, ("image_points",))
+    embeddings = read_identity_json(paths.id, paths.folder, layout.embeddings, ("centre",))
+    _vector(paths.id, _relative_name(layout.embeddings, paths.folder), embeddings["centre"], "centre")
+
+
+def _vector(identity: str, file: str, value: Any, key: str) -> np.ndarray:
+    try:
+        vector = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DamagedIdentityError(identity, file, f"has a {key} that is not a list of numbers") from None
+    if vector.ndim != 1 or not vector.size or not np.isfinite(vector).all():
+        raise DamagedIdentityError(identity, file, f"has a {key} that is not a list of finite numbers")
+    return vector
+
+
+def _relative_name(path: Path, folder: Path) -> str:
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 @dataclass(frozen=True, eq=False)
 class IdentityEmbeddings:
     """Identity vectors written by preprocessing; comparable only with vectors of the same `model`."""
@@ -203,21 +250,29 @@ def _prepared_layout(identity: str, root: Path | None) -> DatasetLayout:
 
 
 def load_identity_embeddings(identity: str, root: Path | None = None) -> IdentityEmbeddings:
-    """The prepared identity's embeddings (raises IdentityError when it has no dataset yet)."""
-    info = read_json(_prepared_layout(identity, root).embeddings)
+    """The prepared identity's embeddings (IdentityError when it has no dataset yet, DamagedIdentityError
+    when the file is unreadable)."""
+    layout = _prepared_layout(identity, root)
+    folder = identity_paths(identity, root).folder
+    info = read_identity_json(identity, folder, layout.embeddings,
+                              ("backend", "model", "same_person_threshold", "centre", "photos"))
+    file = _relative_name(layout.embeddings, folder)
     try:
         return IdentityEmbeddings(
             backend=info["backend"], model=info["model"], threshold=float(info["same_person_threshold"]),
-            centre=np.asarray(info["centre"], dtype=np.float32),
+            centre=_vector(identity, file, info["centre"], "centre"),
             photos={p["file"]: np.asarray(p["embedding"], dtype=np.float32) for p in info["photos"]})
     except (KeyError, TypeError, ValueError) as error:
-        raise IdentityError(f"embeddings of {identity!r} are malformed: {error!r}") from error
+        raise DamagedIdentityError(identity, file, f"is malformed ({error!r})") from error
 
 
 def load_reference_face(identity: str, root: Path | None = None) -> ReferenceFace:
-    """The prepared identity's reference face (raises IdentityError when it has no dataset yet)."""
+    """The prepared identity's reference face (IdentityError when it has no dataset yet, DamagedIdentityError
+    when its files are unreadable)."""
     layout = _prepared_layout(identity, root)
-    info = read_json(layout.reference_info)
+    folder = identity_paths(identity, root).folder
+    info = read_identity_json(identity, folder, layout.reference_info,
+                              ("source", "image_points", "image_face_box", "face_image_points"))
     try:
         with Image.open(layout.reference_image) as image, Image.open(layout.reference_face) as chip:
             pixels, chip_pixels = np.asarray(image.convert("RGB")), np.asarray(chip.convert("RGB"))
@@ -226,7 +281,8 @@ def load_reference_face(identity: str, root: Path | None = None) -> ReferenceFac
                              box=tuple(float(v) for v in info["image_face_box"]), face_image=chip_pixels,
                              face_points=np.asarray(info["face_image_points"], dtype=np.float32))
     except (KeyError, TypeError, ValueError, OSError) as error:
-        raise IdentityError(f"reference face of {identity!r} in {layout.folder} is unusable: {error!r}") from error
+        raise DamagedIdentityError(identity, _relative_name(layout.folder, folder),
+                                   f"holds an unusable reference face ({error!r})") from error
 
 
 # -- atomic writes ----------------------------------------------------------------------------------

@@ -14,11 +14,12 @@ from typing import Callable
 
 from PIL import Image
 
-from portrait_core.errors import ModelUnavailableError, PortraitError
+from portrait_core.errors import IdentityError, ModelUnavailableError, PortraitError
 from portrait_core.hosts.base import Control, Host
 from portrait_core.log import get_logger
 from portrait_core.models.families import family as model_family
 from portrait_core.params import GenerateParams, WorkflowParams, output_size_problem
+from portrait_core.store import validate_identity_id
 
 log = get_logger("workflow")
 
@@ -191,7 +192,7 @@ class WorkflowRunner:
                 except PortraitError as error:
                     raise WorkflowError(f"steps[{index}] (portrait): {error}") from None
         elif getattr(step, "identity", None) and \
-                not (Path(self.host.lora_dir()) / f"{step.identity}.safetensors").is_file():
+                not (Path(self.host.lora_dir()) / f"{_identity_id(index, step)}.safetensors").is_file():
             raise WorkflowError(f"steps[{index}] ({step.op}): identity {step.identity!r} has no LoRA in "
                                     f"{self.host.lora_dir()}; train it first")
 
@@ -210,6 +211,14 @@ class WorkflowRunner:
         except NoPersonError as error:
             raise WorkflowError(f"steps[{index}]: {error}") from None
         return draw_openpose(size, pose)
+
+
+def _identity_id(index: int, step) -> str:
+    """The step's identity, checked as every identity id is (length, characters) before it names a file."""
+    try:
+        return validate_identity_id(step.identity)
+    except IdentityError as error:
+        raise WorkflowError(f"steps[{index}] ({step.op}): identity: {error}") from None
 
 
 def _input(name: str | None, images: dict[str, Image.Image], previous: Image.Image | None) -> Image.Image:

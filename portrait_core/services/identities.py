@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from portrait_core.errors import IdentityError, IdentityNotFoundError, PortraitError
+from portrait_core.errors import DamagedIdentityError, IdentityError, IdentityNotFoundError, PortraitError
 from portrait_core.jobs import Job, JobRunner
 from portrait_core.log import get_logger
 from portrait_core.services.loras import IDENTITY_KEY, LoraInfo, read_lora_info
@@ -30,6 +30,7 @@ from portrait_core.store import (
     atomic_directory,
     atomic_write_bytes,
     atomic_write_json,
+    check_prepared_files,
     list_identities,
     read_json,
 )
@@ -59,6 +60,7 @@ class IdentityInfo:
     photos: int
     lora: LoraInfo | None
     active_job: Job | None
+    damaged: str | None = None  # why its prepared files cannot be used (it cannot render or re-train as is)
 
     @property
     def has_lora(self) -> bool:
@@ -73,7 +75,7 @@ class IdentityInfo:
                 "base_model_version": lora.base_model_version if lora else None,
                 "family": lora.family if lora else None,
                 "reference_face": self.reference_face, "prepared": self.prepared, "photos": self.photos,
-                "active_job": self.active_job.id if self.active_job else None}
+                "active_job": self.active_job.id if self.active_job else None, "damaged": self.damaged}
 
 
 class IdentityService:
@@ -135,10 +137,15 @@ class IdentityService:
 
         paths = self.paths(identity)
         layout = paths.dataset_layout()
-        return IdentityInfo(id=paths.id, prepared=layout.manifest.is_file(),
+        try:
+            check_prepared_files(paths)
+            damaged = None
+        except DamagedIdentityError as error:
+            damaged = str(error)
+        return IdentityInfo(id=paths.id, prepared=layout.manifest.is_file() and damaged is None,
                             reference_face=layout.reference_face.is_file(),
                             photos=len(list_photo_files(paths.photos)) if paths.photos.is_dir() else 0,
-                            lora=self.lora(identity), active_job=self.busy_job(identity))
+                            lora=self.lora(identity), active_job=self.busy_job(identity), damaged=damaged)
 
     def infos(self) -> list[IdentityInfo]:
         """Every identity we manage (symbolic links and stray entries are skipped)."""

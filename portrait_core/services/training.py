@@ -26,7 +26,7 @@ from portrait_core.log import get_logger
 from portrait_core.params import TrainParams
 from portrait_core.services.identities import IdentityService
 from portrait_core.services.workspace import Workspace
-from portrait_core.store import atomic_write_json
+from portrait_core.store import atomic_write_json, check_prepared_files
 
 log = get_logger("training")
 
@@ -111,6 +111,7 @@ class TrainingService:
         if not layout.images.is_dir() or not any(layout.images.iterdir()):
             raise DatasetMissingError(f"identity {params.identity!r} has no prepared photos; send 5–20 photos "
                                       "(or run python -m portrait_core preprocess PHOTOS --id NAME first)")
+        check_prepared_files(paths)  # a damaged dataset is refused naming the file, not failed in the trainer
         job_output = paths.folder / "training" / _new_run_name()
         final_lora = self.workspace.lora_file(params.identity)
         params_file = atomic_write_json(job_output / "params.json", params.dict(exclude={"base_model"}))

@@ -17,7 +17,7 @@ FAST = {"first_pass_steps": 3, "second_pass_steps": 4, "crop_size": 128, "seed":
 
 @pytest.fixture
 def services(tmp_path, tiny_sd15, prepared_obama):
-    from portrait_core.models.checkpoints import load_components
+    from portrait_core.models.checkpoints.loading import load_components
 
     parts = load_components(tiny_sd15)
     (tmp_path / "Lora").mkdir()

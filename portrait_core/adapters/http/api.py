@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.message
 import hashlib
 import hmac
 import json
@@ -33,7 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from portrait_core import __version__
-from portrait_core.adapters.http.limits import check_declared_length, limited_stream
+from portrait_core.adapters.http.bodies import check_declared_length, limited_stream, strict_json_loads
 from portrait_core.errors import (
     CheckpointError,
     IdentityError,
@@ -57,6 +58,7 @@ API_VERSION = 1
 # What this server can do; clients check it before calling routes that later versions add (generate, workflow).
 CAPABILITIES = ("train", "jobs", "identities", "generate", "workflow")
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,9 @@ class IdentityInfo(BaseModel):
     prepared: bool
     photos: int
     active_job: Optional[str] = None
+    damaged: Optional[str] = Field(None, description="set when the identity's prepared files cannot be read: "
+                                   "which file and why (it cannot render or re-train until its photos are "
+                                   "uploaded again)")
 
 
 class IdentitiesResponse(BaseModel):
@@ -374,7 +379,7 @@ async def read_train_request(request: Request, limits: UploadLimits) -> _TrainUp
 async def _read_json_request(request: Request, limits: UploadLimits) -> _TrainUpload:
     body = b"".join([chunk async for chunk in limited_stream(request, limits.max_request_bytes)])
     try:
-        raw = json.loads(body)
+        raw = strict_json_loads(body)
     except ValueError as error:
         raise _field_error(422, ("body",), f"the body is not valid JSON: {error}", "value_error.json") from error
     try:
@@ -389,13 +394,32 @@ async def _read_json_request(request: Request, limits: UploadLimits) -> _TrainUp
     return _TrainUpload(params=params, photos=photos)
 
 
+class _CheckedMultiPartParser(MultiPartParser):
+    """Starlette's parser, remembering whether the closing boundary arrived: it takes a body cut short (a
+    dropped connection, a client that gave up) for a complete one without the parts that were cut."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
 async def _read_multipart_request(request: Request, limits: UploadLimits) -> _TrainUpload:
-    parser = MultiPartParser(request.headers, limited_stream(request, limits.max_request_bytes),
-                             max_files=limits.max_photos + 1, max_fields=8)
+    boundary = _multipart_boundary(request.headers.get("content-type", ""))
+    parser = _CheckedMultiPartParser(request.headers, limited_stream(request, limits.max_request_bytes),
+                                     max_files=limits.max_photos + 1, max_fields=8)
     try:
         form = await parser.parse()
     except MultiPartException as error:
         raise HTTPException(400, f"malformed multipart body: {error.message}") from error
+    except ValueError as error:  # python-multipart's own parse errors (a part that breaks the format)
+        for spooled in parser._files_to_close_on_error:  # Starlette closes them only on its own errors
+            spooled.close()
+        raise HTTPException(400, f"malformed multipart body: {error}") from error
+    if not parser.complete:
+        await form.close()
+        raise HTTPException(400, f"the multipart body ends before its closing boundary (--{boundary}--): the "
+                                 "upload was cut short; nothing was changed, send it again")
     try:
         params_text, uploads = None, []
         for key, value in form.multi_items():
@@ -414,6 +438,17 @@ async def _read_multipart_request(request: Request, limits: UploadLimits) -> _Tr
     return _TrainUpload(params=params, photos=photos)
 
 
+def _multipart_boundary(content_type: str) -> str:
+    """The boundary of a multipart Content-Type; 400 unless it is 1-70 of the characters RFC 2046 allows."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    boundary = message.get_param("boundary")
+    if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
+        raise HTTPException(400, "malformed multipart body: the Content-Type needs a boundary of 1 to 70 "
+                                 f"letters, digits or '()+_,-./:=? (not ending with a space), got {boundary!r}")
+    return boundary
+
+
 async def _form_text(value: Any, limit: int) -> str:
     data = await value.read(limit + 1) if isinstance(value, UploadFile) else str(value).encode("utf-8")
     if len(data) > limit:
@@ -425,7 +460,7 @@ def _parse_params_text(text: Optional[str]) -> TrainParams:
     if text is None:
         raise _field_error(422, ("body", "params"), "field required", "value_error.missing")
     try:
-        raw = json.loads(text)
+        raw = strict_json_loads(text)
     except ValueError as error:
         raise _field_error(422, ("body", "params"), f"params is not valid JSON: {error}", "value_error.json") from error
     try:

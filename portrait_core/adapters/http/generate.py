@@ -11,8 +11,8 @@ from typing import Dict, List, Optional
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from portrait_core.adapters.http.limits import limited_body_route
-from portrait_core.errors import PortraitError, UnusablePhotoError
+from portrait_core.adapters.http.bodies import limited_body_route
+from portrait_core.errors import DamagedIdentityError, PortraitError, UnusablePhotoError
 from portrait_core.generate.results import image_png, png_bytes, read_saved_portraits, read_saved_workflow
 from portrait_core.params import GenerateParams, StrictModel, WorkflowParams
 from portrait_core.services.identities import IdentityBusyError
@@ -132,10 +132,11 @@ class _GenerateRoutes:
 
 @contextmanager
 def _as_http() -> Iterator[None]:
-    """A refusal of the services as the HTTP answer: busy → 409, anything else they refuse → 422."""
+    """A refusal of the services as the HTTP answer: busy or a damaged identity → 409, anything else they
+    refuse → 422."""
     try:
         yield
-    except IdentityBusyError as error:
+    except (IdentityBusyError, DamagedIdentityError) as error:
         raise HTTPException(409, str(error)) from error
     except PortraitError as error:
         raise HTTPException(422, str(error)) from error

@@ -1,15 +1,22 @@
-"""Request body limits for the HTTP routes: an oversized body is refused with 413 before it is held in memory.
+"""Reading request bodies: an oversized body is refused with 413 before it is held in memory, and JSON is strict.
 
 Two checks, for every limited route: a declared `Content-Length` over the limit is refused before a byte of the
 body is read, and a body without one (chunked) or lying about it is counted as it arrives and refused as soon
 as the count passes the limit, so the server never holds more than the limit plus one network chunk.
 `/train` reads its body itself through `limited_stream`; routes whose body FastAPI parses into a model
 (`/generate`, `/workflow`) use `limited_body_route(limit)` as their route class.
+
+JSON bodies are read by `strict_json_loads`: Python's parser takes `NaN`, `Infinity` and `1e999`, which JSON
+does not have; they are refused with a 422 naming them (they used to pass into the parameters, and a
+validation error that quoted them back could not be written as JSON: a 500).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.routing import APIRoute
@@ -61,8 +68,43 @@ def limited_receive(receive: Receive, limit: int, method: str = "", path: str = 
     return receive_limited
 
 
+class NonFiniteNumberError(ValueError):
+    """A JSON text holds NaN, Infinity or a number too large for a float."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NonFiniteNumberError(f"{name} is not a number JSON allows; send a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumberError(f"{text[:40]} is too large for a number; send a finite number")
+    return value
+
+
+def strict_json_loads(data: str | bytes) -> Any:
+    """`json.loads` as JSON is written: ValueError (NonFiniteNumberError) for NaN, Infinity and overflowing
+    numbers as well as for malformed text."""
+    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = strict_json_loads(body)
+            except NonFiniteNumberError as error:
+                # FastAPI passes an HTTPException met while reading the body on to the client.
+                raise HTTPException(422, [{"loc": ["body"], "msg": str(error), "type": "value_error.jsondecode"}]) \
+                    from None
+        return self._json
+
+
 def limited_body_route(limit: int) -> type[APIRoute]:
-    """A route class whose request bodies may be at most `limit` bytes (413 otherwise, checked as above)."""
+    """A route class whose request bodies may be at most `limit` bytes (413 otherwise, checked as above) and
+    are parsed as strict JSON."""
 
     class LimitedBodyRoute(APIRoute):
         max_body_bytes = limit
@@ -74,7 +116,7 @@ def limited_body_route(limit: int) -> type[APIRoute]:
                 check_declared_length(request, self.max_body_bytes)
                 receive = limited_receive(request.receive, self.max_body_bytes, request.method, request.url.path)
                 # FastAPI re-raises an HTTPException met while reading the body, so the 413 reaches the client.
-                return await handle(Request(request.scope, receive))
+                return await handle(_StrictJsonRequest(request.scope, receive))
 
             return handle_limited
 
