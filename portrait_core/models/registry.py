@@ -6,6 +6,10 @@ folders (another tool's models folder, `~/.insightface/models`). A file is downl
 missing, downloads are allowed (not offline) and its SHA-256 is known; the bytes go to a temporary file
 beside the target, are checked in full, and only then renamed into place, so an interrupted or corrupt
 download never leaves a file at the final path.
+
+A download is also bounded: it stops as soon as more bytes arrive than the registered size (or a
+Content-Length announces more), it has an overall deadline besides the per-read socket timeout (a server
+that drips a byte at a time cannot keep it alive), and redirects are followed only to http and https URLs.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import hashlib
 import http.client
 import importlib.util
 import os
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +35,7 @@ from portrait_core.log import get_logger
 log = get_logger("models")
 
 _CHUNK = 1 << 20
+DEFAULT_DEADLINE = 3600.0  # seconds for a whole download; the largest registered file is a few hundred MB
 _HF_INSIGHTFACE = "https://huggingface.co/public-data/insightface/resolve/main/models"
 INSIGHTFACE_RELEASES = "https://github.com/deepinsight/insightface/releases/tag/v0.7"
 
@@ -102,14 +109,15 @@ class ModelRegistry:
     """Known model files plus the folders they are looked up in; settings are read at call time."""
 
     def __init__(self, files: Iterable[ModelFile] = (), *, models_dir: Path | None = None,
-                 extra_dirs: Sequence[Path] = (), offline: bool | None = None, timeout: float = 60.0):
+                 extra_dirs: Sequence[Path] = (), offline: bool | None = None, timeout: float = 60.0,
+                 deadline: float = DEFAULT_DEADLINE):
         self._files: dict[str, ModelFile] = {}
         for model in files:
             self.add(model)
         self._models_dir = Path(models_dir) if models_dir is not None else None
         self._extra_dirs = [Path(d) for d in extra_dirs]
         self._offline = offline
-        self.timeout = timeout
+        self.timeout, self.deadline = timeout, deadline
 
     def add(self, model: ModelFile) -> None:
         if model.name in self._files and self._files[model.name] != model:
@@ -171,7 +179,7 @@ class ModelRegistry:
         if refusal:
             raise ModelUnavailableError(self.describe_missing(model, refusal))
         return fetch_url_to_file(model.url, self.expected_path(name), sha256=model.sha256, size=model.size,
-                                 timeout=self.timeout, label=model.name)
+                                 timeout=self.timeout, deadline=self.deadline, label=model.name)
 
     def verify(self, name: str, path: Path | None = None) -> Path:
         """Check a local copy's full SHA-256 (slow for big files; `find` only checks the size)."""
@@ -214,12 +222,14 @@ def default_registry(extra_dirs: Sequence[Path] = ()) -> ModelRegistry:
 
 
 def fetch_url_to_file(url: str, dest: Path, *, sha256: str, size: int | None = None, timeout: float = 60.0,
-                      label: str | None = None,
+                      deadline: float = DEFAULT_DEADLINE, label: str | None = None,
                       progress: Callable[[int, int | None], None] | None = None) -> Path:
     """Download `url` to `dest`, verifying the full-file SHA-256 (and size) before renaming into place.
 
-    Raises ModelDownloadError (naming the file, URL and cause) on a network error, an interrupted
-    transfer, a size or SHA-256 mismatch; in every failure case nothing is left at `dest`.
+    `timeout` bounds each network read, `deadline` the whole download (seconds). Raises ModelDownloadError
+    (naming the file, URL and cause) on a network error, an interrupted transfer, more bytes than `size`,
+    the deadline passing, a redirect to another scheme than http(s), a size or SHA-256 mismatch; in every
+    failure case nothing is left at `dest`.
     """
     if not url.startswith(("http://", "https://")):
         raise ModelDownloadError(f"refusing to download {label or dest.name} from {url!r}: only http(s) URLs")
@@ -229,7 +239,8 @@ def fetch_url_to_file(url: str, dest: Path, *, sha256: str, size: int | None = N
     what = label or dest.name
     log.info("downloading %s from %s", what, url)
     try:
-        received, digest = _stream_to_file(url, partial, timeout=timeout, progress=progress)
+        received, digest = _stream_to_file(url, partial, _Bounds(size, time.monotonic() + deadline, deadline),
+                                           timeout=timeout, progress=progress)
         _check_download(what, url, received, digest, sha256=sha256, size=size)
         os.replace(partial, dest)
     except (OSError, http.client.HTTPException) as error:
@@ -241,18 +252,51 @@ def fetch_url_to_file(url: str, dest: Path, *, sha256: str, size: int | None = N
     return dest
 
 
-def _stream_to_file(url: str, target: Path, *, timeout: float,
+@dataclass(frozen=True)
+class _Bounds:
+    """What a download may take: at most `size` bytes (None: no registered size), until `deadline_at`."""
+
+    size: int | None
+    deadline_at: float
+    deadline: float
+
+    def check(self, received: int) -> None:
+        if self.size is not None and received > self.size:
+            raise OSError(f"more than the registered {self.size} bytes arrived; stopped at {received}")
+        if time.monotonic() > self.deadline_at:
+            raise OSError(f"not finished within the {self.deadline:g} s deadline ({received} bytes arrived)")
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http and https URLs only (urllib's own handler also follows ftp)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri") or ""
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, location)).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(req.full_url, code, f"redirect to a {scheme or 'scheme-less'} URL "
+                                         f"({location[:200]}) refused: only http(s)", headers, fp)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _stream_to_file(url: str, target: Path, bounds: _Bounds, *, timeout: float,
                     progress: Callable[[int, int | None], None] | None) -> tuple[int, str]:
     request = urllib.request.Request(url, headers={"User-Agent": f"portrait-studio/{__version__}"})  # noqa: S310 - http(s) only, checked by the caller
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
     digest = hashlib.sha256()
     received = 0
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:  # noqa: S310 - scheme checked above
+    with opener.open(request, timeout=timeout) as response, open(target, "wb") as out:
         announced = response.headers.get("Content-Length")
         expected = int(announced) if announced and announced.isdigit() else None
-        while chunk := response.read(_CHUNK):
+        bounds.check(expected or 0)  # a Content-Length over the registered size is refused before any byte
+        # read1 returns what one socket read brings, so the deadline is checked while a server drips bytes.
+        while chunk := response.read1(_CHUNK):
+            received += len(chunk)
+            bounds.check(received)
             out.write(chunk)
             digest.update(chunk)
-            received += len(chunk)
             if progress is not None:
                 progress(received, expected)
         out.flush()
