@@ -418,7 +418,7 @@ def test_a_folder_whose_trainer_lock_is_held_gets_no_second_trainer(tmp_path):
         assert job.state == FAILED and "trainer.lock" in job.error and "stop it" in job.error, job.error
         os.close(holder)
         runner.retry(job.id)
-        wait_until(lambda: runner.get(job.id).state == RUNNING, 30, "the retried trainer")
+        wait_until(lambda: (runner.get(job.id).trainer or {}).get("pid"), 30, "the retried trainer")
         assert take_folder_lock(output_dir) is None, "the running trainer does not hold its folder's lock"
         runner.cancel(job.id)
         assert runner.wait(job.id, timeout=30).state == CANCELLED
