@@ -202,15 +202,6 @@ def find_checkpoint(name: str, folders: Sequence[Path]) -> Path:
     raise CheckpointError(f"no checkpoint named {name!r} on this server")
 
 
-def checkpoint_short_hash(path: Path) -> str | None:
-    """The WebUI's short hash of a single-file checkpoint; of its model_index.json for a diffusers folder
-    (what the trainer records in a LoRA). Cached after the first (whole-file) hash."""
-    from portrait_core.models.checkpoints.hashes import short_hash
-
-    target = path / "model_index.json" if path.is_dir() else path
-    return short_hash(target) if target.is_file() else None
-
-
 def floor_to_8(size: tuple[int, int]) -> tuple[int, int]:
     """An image size rounded down to multiples of 8 (what latent diffusion works in)."""
     return (max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8))

@@ -29,7 +29,6 @@ from portrait_core.hosts.base import (
     SessionLock,
     check_generation_size,
     check_inpaint_inputs,
-    checkpoint_short_hash,
     find_checkpoint,
 )
 from portrait_core.hosts.ip_adapter import (
@@ -44,6 +43,7 @@ from portrait_core.hosts.ip_adapter import (
     ip_adapter_files,
 )
 from portrait_core.log import get_logger
+from portrait_core.models.checkpoints.hashes import model_short_hash
 
 log = get_logger("diffusers_host")
 
@@ -238,7 +238,7 @@ class DiffusersHost:
     def current_checkpoint(self) -> CheckpointRef:
         if self._checkpoint_ref is None:
             self._checkpoint_ref = CheckpointRef(self.base_model.name, self.base_model, self.family,
-                                                 checkpoint_short_hash(self.base_model))
+                                                 model_short_hash(self.base_model))
         return self._checkpoint_ref
 
     def controlnet_models(self) -> list[str]:

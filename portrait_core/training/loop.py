@@ -10,6 +10,7 @@ from pathlib import Path
 
 from portrait_core.errors import InputImageError
 from portrait_core.log import get_logger
+from portrait_core.models.checkpoints.hashes import model_short_hash
 from portrait_core.models.families import family as model_family
 from portrait_core.models.families import family_of_components
 from portrait_core.training import kohya
@@ -243,15 +244,8 @@ def lora_metadata(args: argparse.Namespace, setup: TrainingSetup, steps: int) ->
         "ss_output_name": args.identity, "ss_training_comment": "Portrait Studio person LoRA",
         "portrait_studio.identity": args.identity, "portrait_studio.trainer": TRAINER_VERSION,
         "portrait_studio.family": family, "portrait_studio.base_model": base.name,
-        "portrait_studio.base_model_hash": _model_hash(base),
+        "portrait_studio.base_model_hash": model_short_hash(base) or "",
     }
-
-
-def _model_hash(path: Path) -> str:
-    """The WebUI's model hash of a single-file checkpoint; for a diffusers folder, that of its model_index.json."""
-    from portrait_core.models.checkpoints.hashes import short_hash
-
-    return short_hash(path / "model_index.json" if path.is_dir() else path)
 
 
 def checkpoint_and_validate(args, setup: TrainingSetup, state, validator, progress: ProgressLog) -> list:

@@ -103,10 +103,9 @@ class UiBackend:
         """One click's turn on the GPU: the host's session (in the WebUI it also drives progress/Interrupt)."""
         return self.services.host().session("Portrait Studio")
 
-    def interrupt_generation(self) -> bool:
-        """Ask the host to stop its current diffusion call."""
+    def interrupt_generation(self) -> None:
+        """Ask the host to stop its current diffusion call (every host can: it is part of the protocol)."""
         self.services.generation.interrupt()
-        return True
 
 
 def webui_send_to_buttons(infotext_utils) -> SendToButtons:

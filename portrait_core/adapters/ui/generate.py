@@ -187,9 +187,8 @@ class GenerateHandlers:
     def interrupt(self) -> dict:
         if not self._running:
             return {self.w.message: info_html("Nothing is being generated.")}
-        stopped = self.backend.interrupt_generation()
-        return {self.w.message: info_html("Interrupting after the current step…" if stopped
-                                          else "This host cannot be interrupted.")}
+        self.backend.interrupt_generation()
+        return {self.w.message: info_html("Interrupting after the current step…")}
 
     @contextlib.contextmanager
     def _counted(self) -> Iterator[None]:

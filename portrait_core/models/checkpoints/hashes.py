@@ -63,3 +63,12 @@ def _read_hash_cache(cache_file: Path) -> dict:
         log.warning("ignoring unreadable hash cache %s (%s); it will be rewritten", cache_file, error)
         return {}
     return cache if isinstance(cache, dict) else {}
+
+
+def model_short_hash(path: Path | str) -> str | None:
+    """The short hash a base model is known by: of the file for a single-file checkpoint, of its
+    model_index.json for a diffusers folder (what the trainer records in a LoRA and what LoRA-fit checks
+    compare against); None when there is no such file."""
+    path = Path(path)
+    target = path / "model_index.json" if path.is_dir() else path
+    return short_hash(target) if target.is_file() else None
