@@ -14,6 +14,8 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+pytest_plugins = ["tests.live_page"]  # the `browser` fixture (headless Chromium)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def portrait_home(tmp_path_factory) -> Path:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO_ROOT
@@ -54,7 +55,8 @@ def test_demo_with_a_missing_checkpoint_fails_cleanly(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_serve_answers_http_on_loopback_with_auth(tmp_path):
+@pytest.mark.parametrize("source", ["file", "variable", "flag"])
+def test_serve_answers_http_on_loopback_behind_its_login(tmp_path, source):
     import socket
     import time
 
@@ -64,9 +66,18 @@ def test_serve_answers_http_on_loopback_with_auth(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = os.environ | {"PORTRAIT_HOME": str(tmp_path)}
-    server = subprocess.Popen([sys.executable, "-m", "portrait_core", "serve", "--port", str(port),
-                               "--api-auth", "ana:secret"], cwd=REPO_ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "portrait_core", "serve", "--port", str(port)]
+    if source == "file":
+        login_file = tmp_path / "login.txt"
+        login_file.write_text("# the API's users\nana:secret\n", encoding="utf-8")
+        login_file.chmod(0o600)
+        command += ["--api-auth-file", str(login_file)]
+    elif source == "variable":
+        env["PORTRAIT_API_AUTH"] = "ana:secret"
+    else:
+        command += ["--api-auth", "ana:secret"]
+    server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
     url = f"http://127.0.0.1:{port}/sdapi/v1/portrait/version"
     try:
         deadline = time.monotonic() + 60
@@ -81,7 +92,21 @@ def test_serve_answers_http_on_loopback_with_auth(tmp_path):
         assert response.status_code == 200 and "generate" in response.json()["capabilities"]
         assert httpx.get(url, timeout=2).status_code == 401
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
-        assert page.status_code == 200 and "gradio" in page.text.lower(), "the tabs are served at /"
+        assert page.status_code == 200 and "auth_required" in page.text, "the tabs ask for the login first"
+        assert httpx.get(f"http://127.0.0.1:{port}/config", timeout=10).status_code == 401
+        in_process_list = "secret" in Path(f"/proc/{server.pid}/cmdline").read_text(errors="replace")
+        assert in_process_list == (source == "flag")
     finally:
         server.terminate()
         server.wait(timeout=20)
+    if source == "flag":
+        assert "visible to every user of this machine" in server.stderr.read()
+
+
+def test_serve_refuses_a_login_file_it_cannot_use(tmp_path):
+    empty = tmp_path / "login.txt"
+    empty.write_text("# nobody yet\n", encoding="utf-8")
+    result = _run(["serve", "--api-auth-file", str(empty)], tmp_path)
+    assert result.returncode == 1 and "login.txt: holds no user:password line" in result.stderr
+    result = _run(["serve", "--api-auth-file", str(empty), "--api-auth", "a:b"], tmp_path)
+    assert result.returncode == 1 and "not both" in result.stderr

@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import html
 import inspect
 import re
 import shutil
-import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,10 +19,13 @@ from PIL import Image
 
 from portrait_core import config
 from portrait_core.adapters import ui
+from portrait_core.adapters.ui.files import UploadedFile
 from portrait_core.adapters.ui.forms import build_params, model_widgets
 from portrait_core.adapters.ui.train import latest_identity_score, progress_html
 from portrait_core.jobs import FINISHED_STATES, JobRunner, job_status
 from portrait_core.params import GenerateParams, TrainParams
+from portrait_core.store import identity_paths
+from tests.live_page import Browser, served, wait_until
 from tests.service_factory import services_on
 
 FAST_TRAINING = {"max-train-steps": 6, "resolution": 64, "validate-every": 3, "rank": 4, "alpha": 2.0,
@@ -274,13 +273,32 @@ def trained(tmp_path_factory, tiny_sd15, shared_faces_dir):
     backend = make_backend(runner, home / "identities", tiny=tiny_sd15, checkpoints=lambda: [tiny_sd15.name])
     page = Page(ui.build_ui(backend))
     photos = [*sorted(shared_faces_dir.glob("obama*.jpg")), shared_faces_dir / "biden.jpg"]
-    page.set("portrait-train-photos", uploaded(*photos))
+    page.set("portrait-train-photos", as_gradio_uploads(photos, home / "gradio-uploads"))
     page.set("portrait-train-identity", "obama")
     set_fields(page, "train", FAST_TRAINING)
     frames = page.trigger("portrait-train-start")
     yield SimpleNamespace(page=page, frames=frames, runner=runner, backend=backend, home=home)
     runner.close()
     config.reset()
+
+
+def as_gradio_uploads(photos: list[Path], folder: Path) -> list[UploadedFile]:
+    """What the photos input hands the handler after a browser uploaded `photos`: each in its own upload folder."""
+    uploads = []
+    for index, photo in enumerate(photos):
+        copy_to = folder / f"{index:040x}" / photo.name
+        copy_to.parent.mkdir(parents=True)
+        shutil.copyfile(photo, copy_to)
+        uploads.append(UploadedFile(str(copy_to), photo.name))
+    return uploads
+
+
+def test_a_queued_training_lets_go_of_its_uploaded_photos(trained, shared_faces_dir):
+    uploads = trained.page.get("portrait-train-photos")
+    assert any(job.kind == "train" for job in trained.runner.jobs()), "the training was not queued"
+    assert not any(Path(upload.name).exists() for upload in uploads)  # the upload folder's copies are gone
+    assert any(identity_paths("obama", trained.backend.root).photos.iterdir())  # the identity keeps its copies
+    assert (shared_faces_dir / "obama.jpg").is_file()
 
 
 def test_start_queues_a_job_and_the_progress_advances_until_done(trained):
@@ -473,128 +491,6 @@ def test_generate_says_what_is_missing_instead_of_failing(runner, service, prepa
 
 
 # -- in a real browser ----------------------------------------------------------------------------------
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-# Nothing may leave this machine: the Gradio page links fonts and a script on the internet, so every host
-# name but the local server's resolves to nothing, and Chromium's own background traffic is off.
-CHROMIUM_ARGUMENTS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                      "--window-size=1400,2200", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                      "--disable-default-apps", "--no-first-run", "--disable-domain-reliability"]
-W3C_ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
-# Gradio 3 renders into <gradio-app> (with or without a shadow root); the WebUI's gradioApp() does the same.
-QUERY = ("const app = document.querySelector('gradio-app');"
-         "const root = app && app.shadowRoot ? app.shadowRoot : document;")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Browser:
-    """Headless Chromium through chromedriver's W3C WebDriver HTTP API (httpx only: no extra package)."""
-
-    def __init__(self, driver_url: str):
-        import httpx
-
-        self.http = httpx.Client(base_url=driver_url, timeout=60)
-        wait_until(self._ready, 20, "chromedriver")
-        capabilities = {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM,
-                                                                       "args": CHROMIUM_ARGUMENTS}}
-        session = self.http.post("/session", json={"capabilities": {"alwaysMatch": capabilities}}).json()
-        self.session = f"/session/{session['value']['sessionId']}"
-
-    def _ready(self) -> bool:
-        import httpx
-
-        try:
-            return self.http.get("/status").json()["value"]["ready"]
-        except httpx.HTTPError:
-            return False
-
-    def close(self) -> None:
-        self.http.delete(self.session)
-        self.http.close()
-
-    def command(self, path: str, body: dict | None = None):
-        response = self.http.post(self.session + path, json=body or {})
-        value = response.json()["value"]
-        assert response.status_code == 200, value
-        return value
-
-    def open(self, url: str) -> None:
-        self.command("/url", {"url": url})
-
-    def script(self, body: str, *arguments):
-        return self.command("/execute/sync", {"script": QUERY + body, "args": list(arguments)})
-
-    def text(self, css: str) -> str:
-        return self.script("const e = root.querySelector(arguments[0]); return e ? e.innerText : '';", css) or ""
-
-    def click(self, css: str) -> None:
-        assert self.script("const e = root.querySelector(arguments[0]); if (e) e.click(); return !!e;", css), css
-
-    def click_tab(self, label: str) -> None:
-        found = self.script("const b = [...root.querySelectorAll('button')].find(b => b.innerText.trim() === "
-                            "arguments[0]); if (b) b.click(); return !!b;", label)
-        assert found, f"no tab button {label!r}"
-
-    def type(self, css: str, text: str, *, clear: bool = False) -> None:
-        element = self.script("return root.querySelector(arguments[0]);", css)
-        if clear:
-            self.command(f"/element/{element[W3C_ELEMENT]}/clear")
-        self.command(f"/element/{element[W3C_ELEMENT]}/value", {"text": text})
-
-    def wait_for_text(self, css: str, expected: str, timeout: float = 30) -> str:
-        return wait_until(lambda: expected in self.text(css) and self.text(css), timeout,
-                          f"{expected!r} in {css} (it shows {self.text(css)[:300]!r})")
-
-
-@contextlib.contextmanager
-def served(app):
-    """`app` on a free 127.0.0.1 port, in a thread, for the duration of the block."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="portrait-ui-test-server", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, 30, "the test server")
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("no headless browser: apt-get install chromium chromium-driver")
-    port = free_port()
-    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        chromium = Browser(f"http://127.0.0.1:{port}")
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        driver.terminate()
-        driver.wait(timeout=15)
-
 
 def test_the_standalone_page_in_a_real_browser(request, browser, service, identities_root, template_dir, tmp_path):
     from fastapi import FastAPI

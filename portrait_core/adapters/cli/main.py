@@ -81,7 +81,11 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=7861)
     serve.add_argument("--base-model", type=Path, default=None, help="checkpoint; default: the tiny local model")
-    serve.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2], as the WebUI's --api-auth")
+    serve.add_argument("--api-auth", default=None,
+                       help="user:pass[,user2:pass2], as the WebUI's --api-auth (visible in the process list: "
+                            "prefer --api-auth-file or the PORTRAIT_API_AUTH variable)")
+    serve.add_argument("--api-auth-file", type=Path, default=None,
+                       help="file with one user:pass per line: the login of the API and the tabs")
     serve.add_argument("--root", type=Path, default=None, help=HOME_HELP)
     serve.add_argument("--checkpoints-dir", type=Path, default=None,
                        help="folder of further checkpoints clients may name as base_model (by file name)")
@@ -130,8 +134,9 @@ def _run(args: argparse.Namespace) -> int:
         from portrait_core.adapters.cli.workflow import run_workflow_command
         return run_workflow_command(args)
     if args.command == "serve":
-        from portrait_core.adapters.standalone import serve
-        return serve(host=args.host, port=args.port, base_model=args.base_model, api_auth=args.api_auth,
+        from portrait_core.adapters.standalone import resolve_api_auth, serve
+        api_auth = resolve_api_auth(args.api_auth, args.api_auth_file)
+        return serve(host=args.host, port=args.port, base_model=args.base_model, api_auth=api_auth,
                      workspace=workspace_of(args), checkpoints_dir=args.checkpoints_dir)
     if args.command == "train":
         from portrait_core.adapters.cli.train import run_train_command

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -251,21 +251,31 @@ def parse_api_auth(value: Optional[str]) -> Dict[str, str]:
     return credentials
 
 
+def credentials_checker(credentials: Dict[str, str]) -> Callable[[str, str], bool]:
+    """`check(user, password)`: True for one of these credentials. Digests make every comparison the same
+    length, and every entry is compared, so the time taken says nothing about which user exists or how much
+    of a password was right."""
+    expected = [(_digest(user), _digest(password)) for user, password in credentials.items()]
+
+    def check(user: str, password: str) -> bool:
+        given_user, given_password = _digest(user), _digest(password)
+        matched = False
+        for known_user, known_password in expected:
+            user_ok = hmac.compare_digest(given_user, known_user)
+            password_ok = hmac.compare_digest(given_password, known_password)
+            matched |= user_ok and password_ok
+        return matched
+
+    return check
+
+
 def basic_auth_dependency(credentials: Dict[str, str]):
     """A FastAPI dependency accepting only these HTTP Basic credentials (401 otherwise)."""
-    # Digests make every comparison the same length, and every entry is compared, so the time taken
-    # says nothing about which user exists or how much of a password was right.
-    expected = [(_digest(user), _digest(password)) for user, password in credentials.items()]
+    check = credentials_checker(credentials)
     basic = Depends(HTTPBasic())
 
     def require_api_auth(given: HTTPBasicCredentials = basic) -> str:
-        user, password = _digest(given.username), _digest(given.password)
-        matched = False
-        for known_user, known_password in expected:
-            user_ok = hmac.compare_digest(user, known_user)
-            password_ok = hmac.compare_digest(password, known_password)
-            matched |= user_ok and password_ok
-        if not matched:
+        if not check(given.username, given.password):
             raise HTTPException(status_code=401, detail="Incorrect username or password",
                                 headers={"WWW-Authenticate": "Basic"})
         return given.username

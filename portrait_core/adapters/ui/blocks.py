@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -10,6 +15,7 @@ import gradio as gr
 from portrait_core.adapters.ui.backend import UiBackend
 from portrait_core.adapters.ui.generate import build_generate_tab
 from portrait_core.adapters.ui.identities import IdentitiesTab, build_identities_tab
+from portrait_core.adapters.ui.login import Check, put_behind_login
 from portrait_core.adapters.ui.train import TrainTab, build_train_tab
 from portrait_core.adapters.ui.workflows import build_workflows_tab
 
@@ -47,15 +53,45 @@ def webui_tabs(backend: UiBackend) -> list[tuple[gr.Blocks, str, str]]:
     return [(build_ui(backend), *WEBUI_TAB)]
 
 
-def mount_standalone(app, services, *, path: str = "/", **backend_options) -> gr.Blocks:
+@dataclass(frozen=True)
+class MountedUi:
+    blocks: gr.Blocks
+    upload_folder: Path  # where Gradio keeps this page's uploads
+
+
+def mount_standalone(app, services, *, path: str = "/", login: Check | None = None,
+                     **backend_options) -> MountedUi:
     """Serve the tabs at `path` of a FastAPI app (the standalone `serve`), on the same services as its HTTP
-    API. `backend_options` are further UiBackend fields (e.g. `template_dirs=`)."""
+    API; with `login` (user, password -> bool), behind a login on every route. Uploads go to a private folder
+    removed when the app stops. `backend_options` are further UiBackend fields (e.g. `template_dirs=`)."""
     backend = UiBackend(services, **backend_options)
     css = STYLE_SHEET.read_text(encoding="utf-8") if STYLE_SHEET.is_file() else None
-    blocks = build_ui(backend, css=css)
-    enable_queue(blocks)
-    gr.mount_gradio_app(app, blocks, path=path)
-    return blocks
+    with private_upload_folder(app) as upload_folder:
+        blocks = build_ui(backend, css=css)
+        enable_queue(blocks)
+        if login is not None:
+            blocks.auth, blocks.auth_message = login, "Portrait Studio: the user name and password of --api-auth"
+        mounted = len(app.routes)
+        gr.mount_gradio_app(app, blocks, path=path)
+    if login is not None:
+        put_behind_login(app, app.routes[mounted].app)
+    return MountedUi(blocks, upload_folder)
+
+
+@contextlib.contextmanager
+def private_upload_folder(app):
+    """While the components and the Gradio app are made, GRADIO_TEMP_DIR names a new folder only this user
+    can read (0700), removed at the app's shutdown; a GRADIO_TEMP_DIR the user set is kept as it is."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        yield Path(os.environ["GRADIO_TEMP_DIR"])
+        return
+    folder = tempfile.mkdtemp(prefix="portrait-studio-uploads-")
+    app.add_event_handler("shutdown", lambda: shutil.rmtree(folder, ignore_errors=True))
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    try:
+        yield Path(folder)
+    finally:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def enable_queue(blocks: gr.Blocks, workers: int = STANDALONE_WORKERS) -> gr.Blocks:

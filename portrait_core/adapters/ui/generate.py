@@ -13,6 +13,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from portrait_core.adapters.ui.backend import UiBackend, log
+from portrait_core.adapters.ui.files import UploadedFiles
 from portrait_core.adapters.ui.forms import (
     FormError,
     build_params,
@@ -46,7 +47,7 @@ class GenerateTab:
     selected_label: gr.HTML
     refresh_templates: gr.Button
     upload: gr.Image
-    batch: gr.File
+    batch: UploadedFiles
     advanced: dict
     generate: gr.Button
     interrupt: gr.Button
@@ -112,8 +113,8 @@ def _template_sources(backend: UiBackend) -> dict:
         with gr.Tab(FROM_UPLOAD, id="upload", elem_id="portrait-generate-upload-tab") as upload_tab:
             upload = gr.Image(type="pil", label="Template photo", elem_id="portrait-generate-upload")
         with gr.Tab(FROM_BATCH, id="batch", elem_id="portrait-generate-batch-tab") as batch_tab:
-            batch = gr.File(file_count="multiple", file_types=["image"], label=f"Template photos (up to "
-                            f"{MAX_TEMPLATES})", elem_id="portrait-generate-batch-files")
+            batch = UploadedFiles(file_count="multiple", file_types=["image"], label=f"Template photos (up to "
+                                  f"{MAX_TEMPLATES})", elem_id="portrait-generate-batch-files")
     for tab, name in ((gallery_tab, FROM_GALLERY), (upload_tab, FROM_UPLOAD), (batch_tab, FROM_BATCH)):
         tab.select(_constant(name), outputs=[source], queue=False)
     return {"source": source, "template_gallery": gallery, "template_paths": gr.State(paths),

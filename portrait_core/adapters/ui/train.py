@@ -14,6 +14,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from portrait_core.adapters.ui.backend import UiBackend, log
+from portrait_core.adapters.ui.files import UploadedFiles, discard_uploads
 from portrait_core.adapters.ui.forms import (
     FormError,
     build_params,
@@ -76,7 +77,7 @@ class UploadedPhoto:
 @dataclass
 class TrainTab:
     tab: gr.Tab
-    photos: gr.File
+    photos: UploadedFiles
     identity: gr.Textbox
     identity_hint: gr.HTML
     checkpoint: gr.Dropdown
@@ -113,8 +114,8 @@ def build_train_tab(backend: UiBackend) -> TrainTab:
 
 
 def _train_form(backend: UiBackend) -> dict:
-    photos = gr.File(label="Photos of one person (5–20: face visible, mostly frontal)", file_count="multiple",
-                     file_types=["image"], elem_id="portrait-train-photos")
+    photos = UploadedFiles(label="Photos of one person (5–20: face visible, mostly frontal)", file_count="multiple",
+                           file_types=["image"], elem_id="portrait-train-photos")
     identity = gr.Textbox(label="Identity name", placeholder="e.g. ana-lopez", elem_id="portrait-train-identity",
                           info="letters, digits, '-' and '_'; it also names the LoRA. Without photos, Start "
                                "trains this identity again from its prepared photos.")
@@ -171,6 +172,7 @@ class TrainHandlers:
             params = self._params(form)
             uploads = read_uploads(form[w.photos])
             report, job, notes = self._prepare_and_queue(params, uploads)
+            discard_uploads(form[w.photos])  # the identity holds its copies now; a refused start keeps them
         except Refusal as refusal:
             return {w.message: error_html(refusal.lines, "Training not started"),
                     w.report: refusal.report if refusal.report is not None else gr.update()}
@@ -330,6 +332,9 @@ def read_uploads(files, limits: UploadLimits | None = None) -> list[UploadedPhot
     for index, item in enumerate(files):
         path = Path(getattr(item, "name", item))
         original = Path(getattr(item, "orig_name", None) or path.name).name
+        if not path.is_file():
+            raise FormError("photos", f"{original} is no longer on the server (an upload is used once); "
+                                      "upload it again")
         if path.stat().st_size > limits.max_photo_bytes:
             raise FormError("photos", f"{original} is larger than {limits.max_photo_bytes // 1_000_000} MB")
         uploads.append(UploadedPhoto(original, safe_photo_name(index, original), path.read_bytes(), path))
