@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -147,3 +149,41 @@ def test_an_endless_streamed_body_is_refused_after_its_first_chunk(app, route):
         assert status_while_body_unfinished(port, route, "Transfer-Encoding: chunked\r\n", chunk) == 413
         # Declared: a 100 GB Content-Length is refused before a byte of the body has been sent.
         assert status_while_body_unfinished(port, route, f"Content-Length: {100 * 1024 ** 3}\r\n", b"") == 413
+
+
+def test_version_tells_a_client_the_limits_this_server_applies(client):
+    limits = client.get(f"{API_PREFIX}/version").json()["limits"]
+    assert limits["generate_body_bytes"] == LIMIT and limits["template_bytes"] == 20_000
+    assert limits["workflow_images"] == MAX_TEMPLATES
+
+
+def test_a_workflow_with_too_many_or_long_named_images_is_a_422_before_any_is_decoded(client):
+    workflow = {"steps": [{"op": "upscale", "image": "a.png"}]}
+    images = {f"{index}.png": "x" for index in range(MAX_TEMPLATES + 1)}
+    response = client.post(ROUTES[1], json={"workflow": workflow, "images": images})
+    assert response.status_code == 422, response.text
+    assert f"at most {MAX_TEMPLATES}" in response.text
+    response = client.post(ROUTES[1], json={"workflow": workflow, "images": {"n" * 101 + ".png": "x"}})
+    assert response.status_code == 422, response.text
+    assert "longer than 100 characters" in response.text
+
+
+def test_a_background_job_that_cannot_be_saved_is_a_507_and_nothing_is_queued(client, runner):
+    jobs_dir = runner.jobs_dir
+    as_root = os.geteuid() == 0  # root writes through permissions; an immutable folder stops it too
+    immutable = ["chattr", "+i", str(jobs_dir)]
+    if as_root and subprocess.run(immutable, check=False, capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder immutable here")
+    if not as_root:
+        jobs_dir.chmod(0o555)
+    try:
+        workflow = {"steps": [{"op": "txt2img", "width": 64, "height": 64, "steps": 2}]}
+        response = client.post(ROUTES[1], json={"workflow": workflow, "background": True})
+        assert response.status_code == 507, response.text
+        assert "nothing was queued" in response.json()["detail"]
+        assert runner.jobs() == []
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(jobs_dir)], check=True)
+        else:
+            jobs_dir.chmod(0o755)

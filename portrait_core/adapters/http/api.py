@@ -44,11 +44,11 @@ from portrait_core.errors import (
 )
 from portrait_core.jobs import Job, JobNotFoundError, JobStateError, JobStoreError, job_status
 from portrait_core.log import get_logger
-from portrait_core.params import StrictModel, TrainParams, params_json_schema
+from portrait_core.params import MAX_OUTPUT_PIXELS, MAX_OUTPUT_SIDE, StrictModel, TrainParams, params_json_schema
 from portrait_core.services.identities import IdentityBusyError
 from portrait_core.services.runtime import PortraitServices
 from portrait_core.services.training import DatasetMissingError
-from portrait_core.services.uploads import UploadLimits, safe_photo_name
+from portrait_core.services.uploads import MAX_TEMPLATES, UploadLimits, safe_photo_name
 from portrait_core.store import validate_identity_id
 
 log = get_logger("api")
@@ -158,6 +158,8 @@ class VersionResponse(BaseModel):
     api_version: int
     params_schema_version: str
     capabilities: List[str]
+    limits: Dict[str, int] = Field(default_factory=dict, description="what one request may carry and make "
+                                   "(bytes, counts, pixels); per-field ranges are in GET schema")
 
 
 @dataclass
@@ -195,7 +197,7 @@ def build_router(context: ApiContext) -> APIRouter:
     _add_job_routes(router, api)
     _add_retry_routes(router, api)
     _add_identity_routes(router, api)
-    _add_info_routes(router)
+    _add_info_routes(router, context.limits)
     add_generate_routes(router, api, context.services, context.limits)
     return router
 
@@ -221,17 +223,27 @@ def _add_identity_routes(router: APIRouter, api: _PortraitApi) -> None:
                          response_model=DeleteResponse)
 
 
-def _add_info_routes(router: APIRouter) -> None:
+def _add_info_routes(router: APIRouter, limits: UploadLimits) -> None:
     router.add_api_route("/schema", params_json_schema, methods=["GET"], summary="JSON schema of the parameters")
-    router.add_api_route("/version", version_info, methods=["GET"], response_model=VersionResponse)
+    router.add_api_route("/version", lambda: version_info(limits), methods=["GET"], response_model=VersionResponse)
 
 
-def version_info() -> dict:
+def version_info(limits: UploadLimits | None = None) -> dict:
     schema_text = json.dumps(params_json_schema(), sort_keys=True)
     return {"name": "Portrait Studio", "version": __version__, "api_version": API_VERSION,
             # A content hash: it changes exactly when a parameter model changes, with nobody to forget a bump.
             "params_schema_version": hashlib.sha256(schema_text.encode("utf-8")).hexdigest()[:12],
-            "capabilities": list(CAPABILITIES)}
+            "capabilities": list(CAPABILITIES), "limits": request_limits(limits or UploadLimits())}
+
+
+def request_limits(limits: UploadLimits) -> Dict[str, int]:
+    """The limits no field range in the schema states: a refused request gets 413 (bytes) or 422 (the rest)."""
+    return {"train_body_bytes": limits.max_request_bytes, "train_photos": limits.max_photos,
+            "photo_bytes": limits.max_photo_bytes, "train_params_bytes": limits.max_params_bytes,
+            "generate_body_bytes": limits.max_generate_bytes, "workflow_body_bytes": limits.max_generate_bytes,
+            "template_bytes": limits.max_template_bytes, "templates_per_request": MAX_TEMPLATES,
+            "workflow_images": MAX_TEMPLATES, "output_side_px": MAX_OUTPUT_SIDE,
+            "output_pixels": MAX_OUTPUT_PIXELS}
 
 
 # -- auth ----------------------------------------------------------------------------------------------

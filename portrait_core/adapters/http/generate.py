@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, validator
 
 from portrait_core.adapters.http.bodies import limited_body_route
 from portrait_core.errors import DamagedIdentityError, PortraitError, UnusablePhotoError
 from portrait_core.generate.results import image_png, png_bytes, read_saved_portraits, read_saved_workflow
+from portrait_core.jobs import JobStoreError
 from portrait_core.params import GenerateParams, StrictModel, WorkflowParams
 from portrait_core.services.identities import IdentityBusyError
 from portrait_core.services.runtime import PortraitServices
@@ -53,8 +54,18 @@ class GenerateResponse(BaseModel):
 
 class WorkflowRequest(StrictModel):
     workflow: WorkflowParams
-    images: Dict[str, str] = Field(default_factory=dict, description="the images the steps name: name -> base64")
+    images: Dict[str, str] = Field(default_factory=dict, maxProperties=MAX_TEMPLATES,
+                                   description="the images the steps name: name -> base64")
     background: bool = Field(False, description="queue as a job and answer at once with its id")
+
+    @validator("images")
+    def _bounded(cls, images: Dict[str, str]) -> Dict[str, str]:  # noqa: N805
+        if len(images) > MAX_TEMPLATES:
+            raise ValueError(f"{len(images)} images sent; at most {MAX_TEMPLATES} per workflow")
+        long_names = [name for name in images if len(name) > 100]
+        if long_names:
+            raise ValueError(f"image name {long_names[0][:40]!r}... is longer than 100 characters")
+        return images
 
 
 class WorkflowStepResult(BaseModel):
@@ -133,11 +144,13 @@ class _GenerateRoutes:
 @contextmanager
 def _as_http() -> Iterator[None]:
     """A refusal of the services as the HTTP answer: busy or a damaged identity → 409, anything else they
-    refuse → 422."""
+    refuse → 422; a job that could not be saved (full disk) → 507, and nothing was queued."""
     try:
         yield
     except (IdentityBusyError, DamagedIdentityError) as error:
         raise HTTPException(409, str(error)) from error
+    except JobStoreError as error:
+        raise HTTPException(507, str(error)) from error
     except PortraitError as error:
         raise HTTPException(422, str(error)) from error
 
