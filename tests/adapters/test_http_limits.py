@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import os
 import socket
 import subprocess
-import threading
-import time
 
 import pytest
 from fastapi import FastAPI
@@ -20,6 +17,7 @@ from portrait_core.adapters.http.api import API_PREFIX, ApiContext, mount_api
 from portrait_core.services.runtime import standalone_services
 from portrait_core.services.uploads import MAX_TEMPLATES, UploadLimits
 from portrait_core.services.workspace import Workspace
+from tests.live_page import served
 
 LIMIT = 64_000
 LIMITS = UploadLimits(max_generate_bytes=LIMIT, max_template_bytes=20_000)
@@ -105,27 +103,6 @@ def test_the_request_body_is_still_documented(client):
 
 # -- over a real socket: the server answers before the client has sent the body --------------------------
 
-@contextlib.contextmanager
-def served(app):
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="portrait-limits-test-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.05)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
 def status_while_body_unfinished(port: int, route: str, headers: str, first: bytes) -> int:
     """Send the headers and `first`, never the rest of the body, and read the status line of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
@@ -143,7 +120,8 @@ def status_while_body_unfinished(port: int, route: str, headers: str, first: byt
 @pytest.mark.parametrize("route", ROUTES)
 def test_an_endless_streamed_body_is_refused_after_its_first_chunk(app, route):
     first = b"A" * (2 * LIMIT)
-    with served(app) as port:
+    with served(app) as url:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
         # Chunked: the server cannot know the size in advance; it counts, and stops at the limit.
         chunk = f"{len(first):x}\r\n".encode("ascii") + first + b"\r\n"
         assert status_while_body_unfinished(port, route, "Transfer-Encoding: chunked\r\n", chunk) == 413
