@@ -27,6 +27,9 @@ NODEPS_REQUIREMENTS_FILE = "requirements-nodeps.txt"
 HOST_PINS_FILE = Path("constraints") / "host-pins-a1111-1.10.1.txt"
 # The WebUI owns these: a wrong wheel here is a multi-GB CUDA download or a broken GPU setup.
 HOST_MANAGED = frozenset({"torch", "torchvision", "torchaudio", "xformers"})
+# The WebUI's own build tools (it pins setuptools 69.5.1 in requirements_versions.txt, and imports
+# pkg_resources, gone from 81 on): never moved, even when the host's torch asks for a newer one.
+HOST_TOOLS = frozenset({"setuptools", "pip", "wheel"})
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def plan_one(wanted: Wanted, installed: Mapping[str, str], host_pins: Mapping[st
                       "the WebUI manages it; remove it from Portrait Studio's requirements", have)
     if have is not None and version_satisfies(have, wanted):
         return None
-    if wanted.name in host_pins and have is not None:
+    if (wanted.name in host_pins or wanted.name in HOST_TOOLS) and have is not None:
         return Action(ActionKind.KEEP_HOST_VERSION, wanted.name, spec,
                       "the WebUI pins it; some Portrait Studio features may fail", have)
     if have is None:
@@ -142,7 +145,7 @@ def plan_installs(requirements: Iterable[Wanted], installed_versions: Mapping[st
 
 def frozen_versions(installed_versions: Mapping[str, str], host_pins: Mapping[str, str]) -> dict[str, str]:
     """Packages pip must not move while installing ours: the host's pins and torch, at what is installed."""
-    protected = {canonicalize_name(name) for name in host_pins} | HOST_MANAGED
+    protected = {canonicalize_name(name) for name in host_pins} | HOST_MANAGED | HOST_TOOLS
     return {name: version for name, version in installed_versions.items()
             if canonicalize_name(name) in protected}
 
@@ -176,6 +179,41 @@ def read_requirements(root: Path) -> list[Wanted]:
             + parse_requirement_lines(read_lines(root / NODEPS_REQUIREMENTS_FILE), nodeps=True))
 
 
+def unmet_requirements(name: str) -> list[str]:
+    """The requirements of the installed distribution `name` that this environment does not satisfy."""
+    importlib.invalidate_caches()
+    installed = installed_distributions()
+    unmet = []
+    for line in metadata.distribution(name).requires or []:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # another platform's, or an optional extra's
+        have = installed.get(canonicalize_name(requirement.name))
+        if have is None or not version_satisfies(have, Wanted(requirement, str(requirement))):
+            unmet.append(f"{requirement} (have {have or 'none'})")
+    return unmet
+
+
+def install_without_deps(launch, action: Action, first_error: RuntimeError) -> bool:
+    """After pip refused an install under the frozen host versions, which happens when a package the
+    host holds declares a need the host itself does not meet (torch 2.13 wants setuptools>=77, the
+    WebUI pins 69.5.1): install the package alone, then check that everything it needs is there."""
+    lone = Action(action.kind, action.name, action.spec, action.reason, action.installed, nodeps=True)
+    try:
+        launch.run_pip(pip_command(lone, None), desc=f"{action.spec} (--no-deps) for Portrait Studio")
+        unmet = unmet_requirements(action.name)
+    except (RuntimeError, metadata.PackageNotFoundError) as error:
+        print(f"{PREFIX} ERROR: could not install {action.spec}:\n{first_error}\n{error}", flush=True)
+        return False
+    if unmet:
+        print(f"{PREFIX} ERROR: installed {action.spec} without its dependencies, and it needs "
+              f"{', '.join(unmet)}; pip could not add them without moving a package the WebUI holds:\n"
+              f"{first_error}", flush=True)
+        return False
+    print(f"{PREFIX} installed {action.spec} on its own: everything it needs was already there", flush=True)
+    return True
+
+
 def run_actions(launch, actions: list[Action], constraints_file: Path) -> int:
     """Print one line per action and run the installs; returns how many installs failed."""
     failures = 0
@@ -186,8 +224,10 @@ def run_actions(launch, actions: list[Action], constraints_file: Path) -> int:
         try:
             launch.run_pip(pip_command(action, constraints_file), desc=f"{action.spec} for Portrait Studio")
         except RuntimeError as error:  # run_pip raises RuntimeError with pip's output when pip fails
-            failures += 1
-            print(f"{PREFIX} ERROR: could not install {action.spec}:\n{error}", flush=True)
+            if action.nodeps or not install_without_deps(launch, action, error):
+                failures += 1
+                if action.nodeps:
+                    print(f"{PREFIX} ERROR: could not install {action.spec}:\n{error}", flush=True)
     return failures
 
 

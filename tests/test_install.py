@@ -179,8 +179,60 @@ def test_a_failed_install_is_reported_the_rest_still_installed_and_the_exit_code
         launch.run_pip = failing_for_peft
         code = install.main([], installed={}, extension_root=root)
     assert code == 1
-    assert len(attempted) == 2
+    assert [("peft" in command, "--no-deps" in command) for command in attempted] == [
+        (True, False), (True, True), (False, False)], "peft alone was tried once more, then diffusers"
     assert "ERROR: could not install peft>=0.10,<0.14" in capsys.readouterr().out
+
+
+def test_the_webuis_setuptools_is_never_moved_even_outside_our_range():
+    actions = install.plan_installs(wanted("setuptools>=68,<81"), {"setuptools": "84.2.1"}, {})
+    assert [(a.kind, a.installed) for a in actions] == [(install.ActionKind.KEEP_HOST_VERSION, "84.2.1")]
+    frozen = install.frozen_versions({"setuptools": "69.5.1", "pip": "24.0", "requests": "2.31.0"}, {})
+    assert frozen == {"setuptools": "69.5.1", "pip": "24.0"}
+
+
+def refusing_constrained_installs(calls):
+    """run_pip as pip answers when the host's torch wants a newer setuptools than the frozen one."""
+    def run_pip(command, desc=None, live=False):
+        calls.append(command)
+        if "--no-deps" not in command:
+            raise RuntimeError("ResolutionImpossible: torch 2.13.0 depends on setuptools>=77.0.3")
+    return run_pip
+
+
+def test_a_package_pip_refuses_only_because_of_the_hosts_torch_is_installed_alone(tmp_path, capsys):
+    # peft is installed in this environment with all it needs: after the lone install, nothing is missing.
+    root = make_extension(tmp_path, "peft>=0.10,<0.14\n")
+    calls = []
+    with double_on_path([]):
+        import launch
+
+        launch.run_pip = refusing_constrained_installs(calls)
+        code = install.main([], installed={}, extension_root=root)
+    assert code == 0, capsys.readouterr().out
+    assert len(calls) == 2 and "-c " in calls[0] and "--no-deps" in calls[1]
+    assert "installed peft>=0.10,<0.14 on its own" in capsys.readouterr().out
+
+
+def test_a_lone_install_that_lacks_a_dependency_is_a_failure_naming_it(tmp_path, capsys, monkeypatch):
+    site = tmp_path / "site"
+    info = site / "needy_pkg-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: needy-pkg\nVersion: 1.0\n"
+                                   "Requires-Dist: no-such-package-xyz>=1\n"
+                                   "Requires-Dist: numpy\n"
+                                   "Requires-Dist: pytest ; extra == 'test'\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    root = make_extension(tmp_path / "extension", "needy-pkg>=1\n")
+    calls = []
+    with double_on_path([]):
+        import launch
+
+        launch.run_pip = refusing_constrained_installs(calls)
+        code = install.main([], installed={}, extension_root=root)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "it needs no-such-package-xyz>=1 (have none)" in out and "numpy" not in out.split("it needs")[1][:60]
 
 
 def test_without_the_host_pins_file_nothing_is_installed(tmp_path, capsys):
