@@ -95,6 +95,10 @@ class PortraitGenerator:
                  template_name: str = "template") -> list[PortraitResult]:
         """One result per seed (`params.batch` of them), best identity score first."""
         check_template_size(template, params, template_name)
+        if template.mode != "RGB":  # 16-bit and float scaled, alpha on white: not clipped by convert("RGB")
+            from portrait_core.prepare.photos import to_rgb
+
+            template = Image.fromarray(to_rgb(template))
         faces = self.assign_faces(template, identities, params, template_name)
         first_seed = params.seed if params.seed >= 0 else random.randrange(2**31)  # noqa: S311 - a seed, not a secret
         results = [self._render(template, faces, params, seed=first_seed + offset, template_name=template_name)
