@@ -21,7 +21,7 @@ from pathlib import Path
 
 from portrait_core.errors import CheckpointError, ModelUnavailableError, PortraitError
 from portrait_core.hosts.base import Host
-from portrait_core.jobs import Job, JobRunner
+from portrait_core.jobs import Job, JobRunner, JobStateError
 from portrait_core.log import get_logger
 from portrait_core.params import TrainParams
 from portrait_core.services.identities import IdentityService
@@ -58,6 +58,17 @@ class TrainingService:
         self.in_webui = in_webui
         # The checkpoint a training without `base_model` uses before the host's current one (WebUI Settings).
         self._default_checkpoint = default_checkpoint
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled training again (it resumes from its last checkpoint), holding its
+        identities like every other change: a delete, rename or new training of the same identity waits."""
+        job = self.runner.get(job_id)
+        with self.identities.exclusive(*job.identities):
+            gone = [name for name in job.identities if name not in self.identities.ids()]
+            if gone and job.kind == "train":
+                raise JobStateError(f"identity {gone[0]!r} does not exist any more (deleted or renamed); "
+                                    f"job {job.id} cannot resume: train it again")
+            return self.runner.retry(job_id)
 
     def start(self, params: TrainParams, photos: Sequence[tuple[str, bytes]] = (), *,
               base_model_path: Path | None = None) -> TrainingStarted:

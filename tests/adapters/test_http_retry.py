@@ -84,3 +84,26 @@ def test_retry_of_an_unknown_or_generation_job_is_refused(tmp_path, runner, serv
     assert status["retryable"] is False and "ran out of memory" in status["error"]
     refused = client.post(f"{API_PREFIX}/jobs/{job.id}/retry")
     assert refused.status_code == 409 and "submit it again" in refused.json()["detail"]
+
+
+def test_a_retry_waits_for_a_change_of_its_identity_and_refuses_one_deleted_meanwhile(tmp_path, prepared_obama,
+                                                                                      runner, services_at):
+    import threading
+
+    root = tmp_path / "identities"
+    shutil.copytree(prepared_obama, root)
+    services = services_at(root, runner=runner)
+    client = _client(services)
+    job = runner.wait(runner.submit("train", "obama", ["portrait_core.no_such_module"], tmp_path / "run").id, 30)
+    assert job.state == "failed"
+    answers = []
+    with services.identities.exclusive("obama"):  # as a delete holds it while it removes the folder
+        retrying = threading.Thread(target=lambda: answers.append(client.post(f"{API_PREFIX}/jobs/{job.id}/retry")))
+        retrying.start()
+        retrying.join(timeout=1.0)
+        assert retrying.is_alive() and not answers, "the retry went ahead while the identity was being changed"
+        shutil.rmtree(root / "obama")
+    retrying.join(timeout=30)
+    [answer] = answers
+    assert answer.status_code == 409 and "does not exist any more" in answer.json()["detail"]
+    assert runner.get(job.id).state == "failed" and runner.active_jobs("obama") == []

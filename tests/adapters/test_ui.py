@@ -419,6 +419,7 @@ def test_retry_queues_a_failed_training_again_and_follows_it_to_the_end(tmp_path
         page = Page(ui.build_ui(make_backend(runner, tmp_path / "identities")))
         page.trigger("portrait-train-retry")
         assert "No failed or cancelled training" in text_of(page.get("portrait-train-message"))
+        (tmp_path / "identities" / "ana").mkdir(parents=True)  # a training always has its identity's folder
         job = runner.submit("train", "ana", ["timeit", "-n", "1", "-r", "1", "-s", first_run_fails, "pass"],
                             tmp_path / "run")
         assert runner.wait(job.id, timeout=30).state == "failed"

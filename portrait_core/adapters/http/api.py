@@ -354,7 +354,7 @@ class _PortraitApi:
         """409 unless the job is a failed or cancelled training whose identity has no other training."""
         self.job(job_id)
         try:
-            return job_status(self.services.runner.retry(job_id))
+            return job_status(self.services.training.retry(job_id))
         except JobStateError as error:
             raise HTTPException(409, str(error)) from error
         except JobStoreError as error:

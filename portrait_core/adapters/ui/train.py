@@ -226,7 +226,7 @@ class TrainHandlers:
             return {w.message: info_html("No failed or cancelled training to retry on this page."),
                     w.progress: gr.update(), w.job_id: gr.update()}
         try:
-            job = self.backend.runner.retry(job.id)
+            job = self.backend.services.training.retry(job.id)
         except (JobStateError, JobStoreError, JobNotFoundError) as error:
             return {w.message: error_html(str(error), "Training not retried"), w.progress: gr.update(),
                     w.job_id: gr.update()}
