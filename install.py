@@ -150,6 +150,31 @@ def frozen_versions(installed_versions: Mapping[str, str], host_pins: Mapping[st
             if canonicalize_name(name) in protected}
 
 
+def moved_off_pins(installed_versions: Mapping[str, str], host_pins: Mapping[str, str]) -> list[str]:
+    """`name==pin` for each host-pinned package installed at another version, plus an opencv that needs
+    numpy 2 (4.12 and later). Another extension's installer does this (ControlNet's, on every start)."""
+    installed = {canonicalize_name(name): version for name, version in installed_versions.items()}
+    restore = [f"{name}=={pinned}" for name, pinned in sorted(host_pins.items())
+               if installed.get(canonicalize_name(name)) not in (None, pinned)]
+    for opencv in ("opencv-python", "opencv-python-headless", "opencv-contrib-python"):
+        have = installed.get(opencv)
+        try:
+            if have is not None and Version(have) >= Version("4.12"):
+                restore.append(f"{opencv}<4.12")
+        except InvalidVersion:
+            continue
+    return restore
+
+
+def warn_if_moved(installed_versions: Mapping[str, str], host_pins: Mapping[str, str]) -> None:
+    restore = moved_off_pins(installed_versions, host_pins)
+    if restore:
+        command = " ".join(f'"{spec}"' for spec in restore)
+        print(f"{PREFIX} WARNING: packages the WebUI pins have moved ({', '.join(restore)} would put them back); "
+              "another extension's installer may have upgraded them, and numpy 2 breaks this WebUI's gradio. "
+              f"Restore them with: \"{sys.executable}\" -m pip install {command}", flush=True)
+
+
 def installed_distributions() -> dict[str, str]:
     """{canonical name: version} of what the running Python has installed (first on sys.path wins)."""
     versions: dict[str, str] = {}
@@ -267,6 +292,7 @@ def main(argv: list[str] | None = None, *, installed: Mapping[str, str] | None =
     except (OSError, ValueError) as error:
         print(f"{PREFIX} ERROR: cannot read the requirement files, installing nothing: {error}", flush=True)
         return 1
+    warn_if_moved(installed, host_pins)
     if not actions:
         return 0
     with tempfile.TemporaryDirectory(prefix="portrait-studio-") as scratch:

@@ -271,3 +271,15 @@ def test_real_requirements_install_only_what_a_stock_webui_lacks_and_never_torch
     assert installed_names, "a stock WebUI lacks diffusers and the face libraries"
     assert installed_names.isdisjoint(host), "a package the WebUI already holds would be reinstalled"
     assert all(w.name not in install.HOST_MANAGED for w in requirements), "requirements must not name torch"
+
+
+def test_numpy_and_opencv_moved_by_another_installer_get_one_warning_with_the_restoring_command(tmp_path, capsys):
+    root = make_extension(tmp_path, "requests>=2\n", pins="numpy==1.26.2\nPillow==9.5.0\n")
+    moved = {"numpy": "2.2.6", "opencv-python": "5.0.0.86", "pillow": "9.5.0", "requests": "2.31.0"}
+    code, calls = run_main(root, moved)
+    out = capsys.readouterr().out
+    assert code == 0 and calls == []
+    [warning] = [line for line in out.splitlines() if "WARNING" in line]
+    assert warning.endswith('-m pip install "numpy==1.26.2" "opencv-python<4.12"'), warning
+    code, _ = run_main(root, {**moved, "numpy": "1.26.2", "opencv-python": "4.11.0.86"})
+    assert "WARNING" not in capsys.readouterr().out

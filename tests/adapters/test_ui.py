@@ -729,3 +729,12 @@ def test_identities_tab_says_when_a_lora_does_not_fit_the_checkpoint_in_use(runn
         assert row[5].startswith("not usable here:") and "SD1.5" in row[5] and tiny_sd15.name in row[5], row[5]
     finally:
         config.reset()
+
+
+def test_the_forms_spell_labels_the_way_the_webui_does():
+    with gr.Blocks():
+        widgets = model_widgets(GenerateParams, id_prefix="portrait-spelling")
+    labels = {name: widget.label.split(" (")[0] for name, widget in widgets.items()}  # without the hint
+    assert labels["cfg_scale"] == "CFG Scale" and labels["ip_adapter_weight"] == "IP-Adapter weight"
+    assert labels["codeformer_weight"] == "CodeFormer weight" and labels["lora_weight"] == "LoRA weight"
+    assert labels["openpose_weight"] == "OpenPose weight" and labels["first_pass_steps"] == "First pass steps"

@@ -34,8 +34,19 @@ def element_id(*parts: str) -> str:
     return ID_PREFIX + "-".join(part.replace("_", "-") for part in parts)
 
 
+# Words the WebUI spells its own way in its labels ("CFG Scale", "IP-Adapter weight", ...).
+_SPELLINGS = {"cfg": "CFG", "ip adapter": "IP-Adapter", "codeformer": "CodeFormer", "lora": "LoRA", "sdxl": "SDXL",
+              "vae": "VAE", "id": "ID", "openpose": "OpenPose", "lr": "LR"}
+
+
 def field_label(field: ModelField) -> str:
-    return field.name.replace("_", " ").capitalize()
+    if field.name == "cfg_scale":
+        return "CFG Scale"  # the WebUI's exact label
+    words = f" {field.name.replace('_', ' ')} "
+    for word, spelling in _SPELLINGS.items():
+        words = words.replace(f" {word} ", f" {spelling} ")
+    label = words.strip()
+    return label[0].upper() + label[1:]
 
 
 # -- model field -> widget -------------------------------------------------------------------------------
