@@ -738,3 +738,16 @@ def test_the_forms_spell_labels_the_way_the_webui_does():
     assert labels["cfg_scale"] == "CFG Scale" and labels["ip_adapter_weight"] == "IP-Adapter weight"
     assert labels["codeformer_weight"] == "CodeFormer weight" and labels["lora_weight"] == "LoRA weight"
     assert labels["openpose_weight"] == "OpenPose weight" and labels["first_pass_steps"] == "First pass steps"
+
+
+def test_the_summary_says_no_face_was_found_instead_of_a_zero_score():
+    from portrait_core.adapters.ui.generate import _summary
+    from portrait_core.generate.pipeline import FaceResult, PortraitResult
+
+    def made(score):
+        return PortraitResult(image=Image.new("RGB", (8, 8)), template="t.png", seed=1, seconds=0.1,
+                              faces=[FaceResult("ana", [0, 0, 4, 4], score)])
+
+    assert "no face found in the result" in _summary([(made(None), "")])
+    assert "0.000" not in _summary([(made(None), "")])
+    assert "best identity score 0.420" in _summary([(made(0.42), "")])

@@ -316,5 +316,9 @@ def _summary(ranked: list) -> str:
         return "No portrait was made."
     notes = sorted({note for result, _ in ranked for note in result.notes})
     best = ranked[0][0]
-    text = f"{len(ranked)} portrait(s); best identity score {best.score:.3f}."
+    if best.faces and all(face.identity_score is None for face in best.faces):
+        score = "no face found in the result to score"  # the API says null; 0.000 would read as a bad likeness
+    else:
+        score = f"best identity score {best.score:.3f}"
+    text = f"{len(ranked)} portrait(s); {score}."
     return text + (" Notes: " + "; ".join(notes) if notes else "")
