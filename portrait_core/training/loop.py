@@ -252,6 +252,7 @@ def checkpoint_and_validate(args, setup: TrainingSetup, state, validator, progre
     from portrait_core.models.lora import write_lora_file
 
     path = args.output_dir / f"checkpoint-{state.step}.safetensors"
+    _save_optimizer_state(setup, path)  # first: a checkpoint that exists always has its optimizer state
     write_lora_file(path, current_lora_layers(setup), lora_metadata(args, setup, state.step))
     if validator is None:
         new_scores = [ValidationScore(path, state.step, None, None)]
@@ -295,6 +296,7 @@ def finish(args, setup: TrainingSetup, state, scores: list, progress: ProgressLo
     if not args.keep_checkpoints:
         for _, checkpoint in list_checkpoints(args.output_dir):
             checkpoint.unlink()
+            optimizer_state_path(checkpoint).unlink(missing_ok=True)
     return target
 
 
@@ -319,9 +321,45 @@ def resume_if_possible(args, setup: TrainingSetup) -> int:
         except (OSError, ValueError, InputImageError) as error:
             log.warning("cannot resume from %s (%s); trying an older one", path.name, error)
             continue
-        log.info("resuming from %s", path.name)
+        restored = _load_optimizer_state(setup, path)
+        log.info("resuming from %s (%s)", path.name,
+                 "optimizer state restored" if restored else "no optimizer state: AdamW starts afresh")
         return step
     return 0
+
+
+def optimizer_state_path(checkpoint: Path) -> Path:
+    """checkpoint-N.safetensors -> checkpoint-N.optimizer.pt: AdamW's moments, so a resume continues the
+    same optimisation instead of restarting it from zero moments (a jump in the loss after every crash)."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + ".optimizer.pt")
+
+
+def _save_optimizer_state(setup: TrainingSetup, checkpoint: Path) -> None:
+    import io
+
+    import torch
+
+    from portrait_core.store import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(setup.optimizer.state_dict(), buffer)
+    atomic_write_bytes(optimizer_state_path(checkpoint), buffer.getvalue())
+
+
+def _load_optimizer_state(setup: TrainingSetup, checkpoint: Path) -> bool:
+    import pickle
+
+    import torch
+
+    path = optimizer_state_path(checkpoint)
+    if not path.is_file():
+        return False
+    try:
+        setup.optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as error:
+        log.warning("cannot restore the optimizer state %s (%s); AdamW starts afresh", path.name, error)
+        return False
+    return True
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:

@@ -130,6 +130,9 @@ def test_killed_trainer_resumes_from_its_checkpoint(prepared_obama, runner, lora
     restart = max(i for i, record in enumerate(records) if record["phase"] == "loading")
     first_step_after = next(r["step"] for r in records[restart:] if r["phase"] == "training")
     assert first_step_after == 11
+    trainer_log = (Path(job.output_dir) / "trainer.log").read_text(encoding="utf-8")
+    assert "resuming from checkpoint-10.safetensors (optimizer state restored)" in trainer_log
+    assert not list(Path(job.output_dir).glob("checkpoint-*")), "checkpoints and optimizer states are removed"
 
 
 def test_jobs_survive_a_restart_of_the_runner(tmp_path, prepared_obama, lora_dir, services_at, tiny_sd15):
