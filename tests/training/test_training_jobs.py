@@ -145,3 +145,81 @@ def test_jobs_survive_a_restart_of_the_runner(tmp_path, prepared_obama, lora_dir
         assert second_runner.wait(job.id, timeout=300).state == DONE
     finally:
         second_runner.close()
+
+
+KILLED_SERVER = """
+import sys, time
+from pathlib import Path
+from portrait_core.jobs import JobRunner
+from portrait_core.params import TrainParams
+from portrait_core.services.runtime import standalone_services
+from portrait_core.services.workspace import Workspace
+home, identities, lora_dir, model = map(Path, sys.argv[1:5])
+runner = JobRunner(home / "jobs")
+services = standalone_services(Workspace(home, lora_dir, identities), model, runner=runner)
+params = TrainParams(identity="obama", max_train_steps=30, resolution=64, validate_every=10, rank=4, alpha=2.0,
+                     gradient_accumulation=1, learning_rate=1e-3)
+print(services.training.start(params).job.id, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
+def test_a_server_killed_mid_training_resumes_with_one_trainer_and_the_old_lora_kept(tmp_path, prepared_obama,
+                                                                                   tiny_sd15):
+    import subprocess
+    import sys
+
+    from portrait_core.models.checkpoints.loading import load_components
+    from tests.lora_factory import random_lora_for
+
+    home, identities, lora_dir = tmp_path / "home", tmp_path / "identities", tmp_path / "Lora"
+    shutil.copytree(prepared_obama, identities)
+    lora_dir.mkdir()
+    parts = load_components(tiny_sd15)
+    previous = random_lora_for({"unet": parts.unet, "text_encoder": parts.text_encoder},
+                               lora_dir / "obama.safetensors").read_bytes()
+    server = subprocess.Popen([sys.executable, "-c", KILLED_SERVER, str(home), str(identities), str(lora_dir),
+                               str(tiny_sd15)], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                              text=True)
+    orphan = None
+    try:
+        job_id = server.stdout.readline().strip()
+        job_file = home / "jobs" / f"{job_id}.json"
+        output_dir = Path(json.loads(job_file.read_text())["output_dir"])
+        _wait_for((output_dir / "checkpoint-10.safetensors").is_file, timeout=240)
+        orphan = json.loads(job_file.read_text())["trainer"]["pid"]
+        server.send_signal(signal.SIGKILL)  # no shutdown: the trainer (its own session) keeps running
+        server.wait(10)
+        assert _alive(orphan), "the trainer outlives the killed server: the case under test"
+        runner = JobRunner(home / "jobs")  # the server starts again
+        try:
+            while (job := runner.get(job_id)).state not in (DONE, FAILED, CANCELLED):
+                trainer = job.trainer or {}
+                if trainer.get("pid") not in (None, orphan):
+                    assert not _alive(orphan), "two trainers run in one folder"
+                if (lora_dir / "obama.safetensors").read_bytes() != previous:  # then only the finished merge
+                    with safe_open(str(lora_dir / "obama.safetensors"), "pt") as lora:
+                        assert "portrait_studio.merged_from" in lora.metadata(), "a LoRA that is not the merge"
+                time.sleep(0.2)
+            assert job.state == DONE, job.error
+        finally:
+            runner.close()
+        assert not _alive(orphan)
+        assert (lora_dir / "obama.safetensors").read_bytes() != previous, "the new LoRA replaced the old one"
+        records = _progress(job)
+        restart = max(i for i, record in enumerate(records) if record["phase"] == "loading")
+        resumed_at = next(r["step"] for r in records[restart:] if r["phase"] == "training")
+        assert resumed_at > 10 and (resumed_at - 1) % 10 == 0, f"resumed at step {resumed_at}, not after a checkpoint"
+    finally:
+        server.kill()
+        server.wait(10)
+        if orphan and _alive(orphan):
+            os.killpg(orphan, signal.SIGKILL)
