@@ -38,26 +38,48 @@ def checkpoint_weights(scores: list[ValidationScore], top_n: int) -> dict[Path, 
 
 
 def weighted_average_loras(weights: dict[Path, float]) -> dict[str, LoraLayer]:
-    """Average the down, up and alpha of every layer across checkpoints with the given weights."""
+    """The weighted average of the checkpoints' weight changes, layer by layer, as a LoRA of their rank.
+
+    Averaging the down and up factors separately is not the average of the changes they make
+    (mean(up) @ mean(down) != mean(up @ down)). Here each layer's change ΔW_i = alpha_i / rank_i ·
+    up_i @ down_i is averaged exactly, then factorised again to the checkpoints' rank by a truncated SVD
+    (the closest rank-r change in the Frobenius norm). It is exact whenever the average has that rank,
+    e.g. a single checkpoint, or checkpoints whose changes share their directions."""
     total = sum(weights.values())
     if total <= 0:
         raise LoraFileError("checkpoint weights must add up to more than zero")
-    merged: dict[str, LoraLayer] = {}
-    reference_keys = None
+    checkpoints = []
     for path, weight in weights.items():
         layers = read_lora_file(path)
-        if reference_keys is None:
-            reference_keys = set(layers)
-        elif set(layers) != reference_keys:
+        if checkpoints and set(layers) != set(checkpoints[0][1]):
             raise LoraFileError(f"{path.name} has different layers from the other checkpoints; cannot merge")
-        share = weight / total
-        for prefix, layer in layers.items():
-            if prefix not in merged:
-                merged[prefix] = LoraLayer(down=layer.down.float() * share, up=layer.up.float() * share,
-                                           alpha=layer.alpha * share)
-            else:
-                into = merged[prefix]
-                into.down = into.down + layer.down.float() * share
-                into.up = into.up + layer.up.float() * share
-                into.alpha = into.alpha + layer.alpha * share
-    return merged
+        checkpoints.append((weight / total, layers))
+    return {prefix: _merged_layer([(share, layers[prefix]) for share, layers in checkpoints])
+            for prefix in checkpoints[0][1]}
+
+
+def _merged_layer(parts: list[tuple[float, LoraLayer]]) -> LoraLayer:
+    import torch
+
+    first = parts[0][1]
+    rank, alpha = first.rank, float(first.alpha)
+    # The average change as one product of stacked factors: [s_1·up_1 | s_2·up_2 ...] @ [down_1; down_2 ...],
+    # with s_i = share_i · alpha_i / rank_i. Its SVD comes from two thin QRs and one small SVD, never the
+    # full out x in matrix.
+    ups = torch.cat([layer.up.float().flatten(1) * (share * float(layer.alpha) / layer.rank)
+                     for share, layer in parts], dim=1)
+    downs = torch.cat([layer.down.float().flatten(1) for _, layer in parts], dim=0)
+    q_up, r_up = torch.linalg.qr(ups)
+    q_down, r_down = torch.linalg.qr(downs.T)
+    u, singular, vh = torch.linalg.svd(r_up @ r_down.T, full_matrices=False)
+    kept = min(rank, singular.numel())
+    root = singular[:kept].sqrt()
+    # Stored with the checkpoints' alpha: the loader scales by alpha / rank, so the factors carry its inverse.
+    scale = alpha / rank
+    up = (q_up @ u[:, :kept]) * (root / scale)
+    down = root[:, None] * (vh[:kept] @ q_down.T)
+    if kept < rank:  # fewer independent directions than the rank: pad with zeros, keep the file's shape
+        up = torch.cat([up, up.new_zeros(up.shape[0], rank - kept)], dim=1)
+        down = torch.cat([down, down.new_zeros(rank - kept, down.shape[1])], dim=0)
+    return LoraLayer(down=down.reshape(rank, *first.down.shape[1:]).contiguous(),
+                     up=up.reshape(first.up.shape[0], rank, *first.up.shape[2:]).contiguous(), alpha=alpha)
