@@ -101,6 +101,9 @@ class PortraitGenerator:
             template = Image.fromarray(to_rgb(template))
         faces = self.assign_faces(template, identities, params, template_name)
         first_seed = params.seed if params.seed >= 0 else random.randrange(2**31)  # noqa: S311 - a seed, not a secret
+        second = params.second_pass_denoise > 0 and int(params.second_pass_steps * params.second_pass_denoise) >= 1
+        passes = 1 + second
+        self.host.progress(0, len(faces) * passes * params.batch, f"Portrait Studio: {template_name}")
         results = [self._render(template, faces, params, seed=first_seed + offset, template_name=template_name)
                    for offset in range(params.batch)]
         return sorted(results, key=lambda result: -result.score)

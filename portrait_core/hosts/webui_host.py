@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import threading
 import urllib.error
@@ -302,7 +303,9 @@ class WebUIHost:
         return Path(configured) if configured else Path(shared.models_path) / "Lora"
 
     def progress(self, step: int, total: int, text: str = "") -> None:
-        """Pipeline-level progress onto the WebUI's progress bar (its job counter and text)."""
+        """Pipeline-level progress onto the WebUI's progress bar: `total` diffusion calls planned, `step`
+        done. Each call's process_images moves job_no on by one (as in the WebUI's img2img batch), and the
+        bar adds the call's sampling steps, so the bar runs once from 0 to 100% over the whole job."""
         from modules import shared
 
         shared.state.job_count = max(int(total), 1)
@@ -339,13 +342,25 @@ class WebUIHost:
             return
         from modules import call_queue, shared
 
-        with call_queue.queue_lock:
-            shared.state.begin(job=job)
-            try:
-                with self._active(session):
-                    yield session
-            finally:
-                shared.state.end()
+        # The WebUI's task queue, as its own wrapper does: `job` "task(...)" is the id a page polls
+        # /internal/progress with (the top progress bar); other callers get an id of their own.
+        progress = _progress_module()
+        task = job if TASK_ID.fullmatch(job) else (progress.create_task_id("portrait") if progress else None)
+        if progress is not None:
+            progress.add_task_to_queue(task)
+        try:
+            with call_queue.queue_lock:
+                shared.state.begin(job=task or job)
+                if progress is not None:
+                    progress.start_task(task)
+                try:
+                    with self._active(session):
+                        yield session
+                finally:
+                    shared.state.end()
+        finally:
+            if progress is not None:
+                progress.finish_task(task)
 
     @contextmanager
     def _active(self, session: HostSession) -> Iterator[None]:
@@ -583,6 +598,19 @@ class WebUIHost:
 
 
 # ---- module helpers (no state) ---------------------------------------------------------------------------
+TASK_ID = re.compile(r"task\([A-Za-z0-9_-]{1,64}\)")  # what the WebUI's pages send as a task id
+
+
+def _progress_module():
+    """The WebUI's modules.progress (its task queue), or None in a WebUI without one."""
+    try:
+        from modules import progress
+    except ImportError:
+        return None
+    return progress if all(hasattr(progress, name) for name in ("add_task_to_queue", "start_task", "finish_task",
+                                                                 "create_task_id")) else None
+
+
 @contextmanager
 def _unsaved_settings_restored(overrides: dict) -> Iterator[None]:
     """process_images restores only the overridden settings the user has saved (those in opts.data); one
