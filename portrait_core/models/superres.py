@@ -107,6 +107,7 @@ class RealESRGAN:
         net = ncnn.Net()
         net.opt.use_vulkan_compute = bool(self.use_vulkan and ncnn.get_gpu_count() > 0)
         net.opt.num_threads = self.threads
+        net.opt.openmp_blocktime = 0  # no spinning between layers: the cores are often shared (training, diffusion)
         if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
             raise ModelUnavailableError(f"ncnn could not load Real-ESRGAN from {param} and {weights}")
         log.info("loaded Real-ESRGAN x4plus (%s, %d threads)", "Vulkan" if net.opt.use_vulkan_compute else "CPU",
