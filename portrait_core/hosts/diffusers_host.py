@@ -6,7 +6,7 @@ components per task. LoRAs are merged into the weights and restored exactly when
 An IP-Adapter (image prompt) is loaded once with diffusers' loader and switched on only for calls
 that carry an `ip_adapter` control. ControlNets and IP-Adapters made for another model family
 (SD1.5 vs SDXL) are refused before they are loaded. Super-resolution is Real-ESRGAN on ncnn
-(`models.superres`), face restoration the user's CodeFormer / GFPGAN file (`models.restoration`).
+(`models.superres`), face restoration the user's CodeFormer / GFPGAN file (`faces.restoration`).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class DiffusersHost:
         self.load_count = 0  # weight loads from disk; a warm call adds none
         self._checkpoint_ref: CheckpointRef | None = None
         self._super_resolution = super_resolution  # models.superres.RealESRGAN, made on first upscale
-        self._face_restorer = face_restorer  # models.restoration.FaceRestorer, made on first restore
+        self._face_restorer = face_restorer  # faces.restoration.FaceRestorer, made on first restore
 
     @classmethod
     def from_components(cls, components, *, device: str | None = None, **kwargs) -> DiffusersHost:
@@ -222,7 +222,7 @@ class DiffusersHost:
         """Every face restored by the user's CodeFormer / GFPGAN file; ModelUnavailableError saying which
         file to put where when there is none."""
         if self._face_restorer is None:
-            from portrait_core.models.restoration import FaceRestorer
+            from portrait_core.faces.restoration import FaceRestorer
 
             self._face_restorer = FaceRestorer(device=self.device)
         with self.session("restore faces"):

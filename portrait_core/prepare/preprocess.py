@@ -225,9 +225,11 @@ def run_from_cli(photos_dir: Path, identity: str, root: Path | None) -> int:
         sys.stderr.write(f"error: {photos_dir} contains no files. "
                          f"{UPLOAD_ADVICE.format(min_face=PreprocessOptions().min_face_px)}\n")
         return 1
+    from portrait_core.models.superres import array_upscaler
+
     analyzer = get_face_analyzer("auto")
     try:
-        report = preprocess_photos(files, paths.id, root=paths.root, analyzer=analyzer)
+        report = preprocess_photos(files, paths.id, root=paths.root, analyzer=analyzer, upscaler=array_upscaler())
     except NoUsablePhotosError as error:
         write_summary(error.report, paths, sys.stdout)
         sys.stderr.write(f"error: {error}\n")

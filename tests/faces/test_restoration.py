@@ -14,9 +14,9 @@ from PIL import Image
 from portrait_core.core.geometry import scale_box
 from portrait_core.core.masks import box_mask
 from portrait_core.errors import ModelUnavailableError
+from portrait_core.faces.restoration import FaceRestorer
 from portrait_core.hosts.diffusers_host import DiffusersHost
 from portrait_core.models.registry import BUILTIN_MODELS, CODEFORMER, GFPGAN, ModelRegistry
-from portrait_core.models.restoration import FaceRestorer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("spandrel_extra_arches") is None,
                                 reason="spandrel / spandrel-extra-arches are not installed")
