@@ -72,8 +72,9 @@ class ModelFile:
 
 def _insightface_file(pack: str, filename: str, *, sha256: str | None, size: int | None,
                       url: str | None, description: str) -> ModelFile:
+    kind = "face detection" if "detector" in description else "identity embedding"
     return ModelFile(name=f"insightface/{pack}/{Path(filename).stem}", file=f"insightface/{pack}/{filename}",
-                     sha256=sha256, size=size, url=url, description=description,
+                     sha256=sha256, size=size, url=url, description=description, kind=kind,
                      also_at=(f"insightface/models/{pack}/{filename}", f"{pack}/{filename}"))
 
 
@@ -183,6 +184,9 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._files)
+
+    def files(self) -> list[ModelFile]:
+        return [self._files[name] for name in self.names()]
 
     @property
     def models_dir(self) -> Path:
