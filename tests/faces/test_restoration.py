@@ -15,8 +15,10 @@ from portrait_core.core.geometry import scale_box
 from portrait_core.core.masks import box_mask
 from portrait_core.errors import ModelUnavailableError
 from portrait_core.faces.restoration import FaceRestorer
+from portrait_core.generate.workflow import WorkflowRunner
 from portrait_core.hosts.diffusers_host import DiffusersHost
 from portrait_core.models.registry import BUILTIN_MODELS, CODEFORMER, GFPGAN, ModelRegistry
+from portrait_core.params import WorkflowParams
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("spandrel_extra_arches") is None,
                                 reason="spandrel / spandrel-extra-arches are not installed")
@@ -99,7 +101,14 @@ def test_a_restorer_from_the_models_folder_changes_only_the_face(models_dir, ana
     assert found.architecture == ("GFPGAN" if remove_first else "CodeFormer")
     faces = analyzer.detect(np.asarray(portrait))
     assert len(faces) == 1
-    restored = restorer.restore(portrait, 0.5)
+    if remove_first:  # through the standalone host, as the workflow's `restore` op runs it
+        host = DiffusersHost(Path("no-model-needed"), face_restorer=restorer)
+        workflow = WorkflowParams(steps=[{"op": "restore", "image": "face.png", "codeformer_weight": 0.5}])
+        [output] = WorkflowRunner(host).run(workflow, {"face.png": portrait})
+        assert output.notes == []
+        restored = output.images[0]
+    else:
+        restored = restorer.restore(portrait, 0.5)
     _check_only_the_face_changed(portrait, restored, faces[0])
     if found.architecture == "CodeFormer":  # its fidelity weight reaches the network
         faithful = restorer.restore(portrait, 1.0)
