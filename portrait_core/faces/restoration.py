@@ -70,9 +70,9 @@ class FaceRestorer:
 
     def missing_note(self) -> str:
         """What to put where, for the note shown when no restoration model is present."""
-        places = " or ".join(f"{self.registry.expected_path(name)} ({self.registry.get(name).url})"
-                             for name in RESTORER_ORDER)
-        return f"no face-restoration model on this machine; put {places} there to restore faces"
+        places = " or ".join(f"{self.registry.get(name).description} at {self.registry.expected_path(name)} "
+                             f"(from {self.registry.get(name).url})" for name in RESTORER_ORDER)
+        return f"no face-restoration model on this machine: to restore faces, put {places}"
 
     def unload(self) -> None:
         with self._lock:

@@ -133,3 +133,16 @@ def test_a_file_of_another_kind_is_refused_naming_it(tmp_path, portrait, analyze
     torch.save({"params_ema": {"conv.weight": torch.zeros(3, 3, 3, 3)}}, bogus)
     with pytest.raises(ModelUnavailableError, match="codeformer-v0.1.0.pth is not a model spandrel can load"):
         FaceRestorer(_test_registry(tmp_path), faces=analyzer.detect).restore(portrait)
+
+
+def test_spandrel_imports_without_leaving_a_stand_in_torchvision_behind():
+    import sys
+
+    from portrait_core.models.spandrel_import import spandrel_registry
+
+    had_torchvision = importlib.util.find_spec("torchvision") is not None
+    registry = spandrel_registry()
+    assert "CodeFormer" in registry and "GFPGAN" in registry
+    stand_in = sys.modules.get("torchvision")
+    assert stand_in is None or getattr(stand_in, "__file__", None), "a stand-in torchvision stayed in sys.modules"
+    assert (importlib.util.find_spec("torchvision") is not None) == had_torchvision
