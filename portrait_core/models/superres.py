@@ -75,9 +75,8 @@ class RealESRGAN:
 
     def __init__(self, *, tile: int = DEFAULT_TILE, pad: int = DEFAULT_PAD, threads: int | None = None,
                  use_vulkan: bool = False, registry: ModelRegistry | None = None):
-        if pad < 0:
-            raise InputImageError(f"tile padding must be >= 0, got {pad}")
-        plan_tiles(tile, tile, tile)  # checks the tile size
+        if tile < 16 or pad < 0:
+            raise InputImageError(f"tile must be at least 16 px and its padding >= 0, got tile {tile}, pad {pad}")
         self.tile, self.pad = tile, pad
         self.threads = threads or max(1, min(os.cpu_count() or 1, 8))
         self.use_vulkan = use_vulkan
