@@ -141,24 +141,27 @@ class AdapterResiduals:
 def skip_masked_image_encode(pipeline) -> None:
     """Stop `pipeline` (a diffusers inpaint pipeline around a 4-channel UNet) encoding the masked image.
 
-    Its `prepare_mask_latents` takes a 4-channel input as latents already; a zero placeholder of latent
-    shape goes in instead of the image, and the 4-channel denoising loop never reads what comes out. The
-    encode would have drawn one latent sample from the call's generator, which ancestral samplers go on
-    drawing from: the same draw is made here, so every image stays exactly as diffusers makes it."""
+    The SDXL pipelines' `prepare_mask_latents` encode nothing for a None image; the SD1.5 ones take a
+    latent-shaped input as latents already, so a zero placeholder goes in. The 4-channel denoising loop
+    never reads what comes out. The encode would have drawn one latent sample from the call's generator,
+    which ancestral samplers go on drawing from: the same draw is made here, so every image stays exactly
+    as diffusers makes it."""
     if pipeline.unet.config.in_channels != 4:
         return  # a 9-channel inpainting UNet reads the masked image's latents
     from diffusers.utils.torch_utils import randn_tensor
 
     prepare = pipeline.prepare_mask_latents
+    takes_none = type(pipeline).__name__.startswith("StableDiffusionXL")
 
     def prepare_mask_latents(mask, masked_image, batch_size, height, width,  # noqa: PLR0917 - diffusers' signature
                              dtype, device, generator, do_classifier_free_guidance):
         if masked_image is None or isinstance(generator, list):
             return prepare(mask, masked_image, batch_size, height, width, dtype, device, generator,
                            do_classifier_free_guidance)
-        shape = (masked_image.shape[0], 4, height // pipeline.vae_scale_factor, width // pipeline.vae_scale_factor)
+        scale = pipeline.vae_scale_factor
+        shape = (masked_image.shape[0], pipeline.vae.config.latent_channels, height // scale, width // scale)
         randn_tensor(shape, generator=generator, device=device, dtype=pipeline.vae.dtype)  # the encode's draw
-        placeholder = torch.zeros(shape, dtype=dtype, device=device)
+        placeholder = None if takes_none else torch.zeros(shape, dtype=dtype, device=device)
         return prepare(mask, placeholder, batch_size, height, width, dtype, device, generator,
                        do_classifier_free_guidance)
 

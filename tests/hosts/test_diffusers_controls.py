@@ -177,8 +177,9 @@ def test_skipped_forwards_and_the_skipped_encode_leave_the_image_as_diffusers_ma
     assert np.abs(_pixels(ours) - _pixels(theirs)).max() <= 1
 
 
-def test_inpaint_encodes_only_the_image_not_the_masked_image(tiny_sd15, portrait, face_mask):
-    host = DiffusersHost(tiny_sd15)
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_inpaint_encodes_only_the_image_not_the_masked_image(request, family, portrait, face_mask):
+    host = DiffusersHost(request.getfixturevalue(f"tiny_{family}"))
     _inpaint(host, portrait, face_mask, [Control("canny", portrait, 0.5)])
     encodes = _count_forwards(host._load_components().vae.encoder)
     _inpaint(host, portrait, face_mask, [Control("canny", portrait, 0.5)])
