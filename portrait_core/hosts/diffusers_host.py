@@ -7,7 +7,9 @@ An IP-Adapter (image prompt) is loaded once with diffusers' loader and switched 
 that carry an `ip_adapter` control. The colour control runs as a T2I-Adapter when one is found (once per
 call instead of a ControlNet at every step, as inside the WebUI), and a control stops running its network
 after its start/end window (see `hosts.diffusers_controls`). ControlNets, T2I-Adapters and IP-Adapters
-made for another model family (SD1.5 vs SDXL) are refused before they are loaded.
+made for another model family (SD1.5 vs SDXL) are refused before they are loaded. Super-resolution is
+Real-ESRGAN on ncnn (`models.superres`), face restoration the user's CodeFormer / GFPGAN file
+(`faces.restoration`).
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class DiffusersHost:
     def __init__(self, base_model: Path, *, controlnets: dict[str, Path] | None = None,
                  t2i_adapters: dict[str, Path] | None = None, color_adapter: bool = True,
                  ip_adapter: Path | None = None, lora_dir: Path | None = None, checkpoints_dir: Path | None = None,
-                 progress_callback: Callable[[int, int, str], None] | None = None, device: str | None = None):
+                 progress_callback: Callable[[int, int, str], None] | None = None, device: str | None = None,
+                 super_resolution=None, face_restorer=None):
         self.base_model = Path(base_model)
         self._controlnet_paths = {k: Path(v) for k, v in (controlnets or {}).items()}
         self._adapter_paths = {k: Path(v) for k, v in (t2i_adapters or {}).items()}
@@ -141,6 +144,8 @@ class DiffusersHost:
         self._ip_adapter = None  # LoadedIPAdapter, once a call has asked for an image prompt
         self.load_count = 0  # weight loads from disk; a warm call adds none
         self._checkpoint_ref: CheckpointRef | None = None
+        self._super_resolution = super_resolution  # models.superres.RealESRGAN, made on first upscale
+        self._face_restorer = face_restorer  # faces.restoration.FaceRestorer, made on first restore
 
     @classmethod
     def from_components(cls, components, *, device: str | None = None, **kwargs) -> DiffusersHost:
@@ -181,6 +186,9 @@ class DiffusersHost:
         self._adapters.clear()
         self._pipelines.clear()
         self._lora_patcher = None
+        for backend in (self._super_resolution, self._face_restorer):
+            if backend is not None:
+                backend.unload()
 
     def _load_components(self):
         if self._components is None:
@@ -227,15 +235,24 @@ class DiffusersHost:
             return self._run(request, lora, {})
 
     def restore_faces(self, image: Image.Image, codeformer_weight: float = 0.7) -> Image.Image:
-        from portrait_core.errors import ModelUnavailableError
+        """Every face restored by the user's CodeFormer / GFPGAN file; ModelUnavailableError saying which
+        file to put where when there is none."""
+        if self._face_restorer is None:
+            from portrait_core.faces.restoration import FaceRestorer
 
-        raise ModelUnavailableError("the standalone host has no face-restoration model (CodeFormer runs "
-                                    "inside the WebUI); the face is left as generated")
+            self._face_restorer = FaceRestorer(device=self.device)
+        with self.session("restore faces"):
+            return self._face_restorer.restore(image, codeformer_weight, interrupted=self.interrupted)
 
     def upscale(self, image: Image.Image, scale: float = 2.0, upscaler: str | None = None) -> Image.Image:
-        if upscaler not in (None, "Lanczos"):
-            raise InputImageError(f"upscaler {upscaler!r} is not available standalone; use 'Lanczos'")
-        return imaging.unsharp_upscale(image, scale)
+        """Real-ESRGAN x4plus (ncnn, CPU; progress per tile, interruptible), or the named 'Lanczos'."""
+        from portrait_core.models.superres import RealESRGAN, upscale_standalone
+
+        if self._super_resolution is None:
+            self._super_resolution = RealESRGAN()
+        with self.session("upscale"):
+            return upscale_standalone(image, scale, upscaler, self._super_resolution, progress=self.progress,
+                                      interrupted=self.interrupted)
 
     def checkpoints(self) -> list[str]:
         """The served base model, then the checkpoints in `checkpoints_dir`, by name (never a path)."""

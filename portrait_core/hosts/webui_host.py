@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import threading
+import urllib.error
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,7 +303,9 @@ class WebUIHost:
         return Path(configured) if configured else Path(shared.models_path) / "Lora"
 
     def progress(self, step: int, total: int, text: str = "") -> None:
-        """Pipeline-level progress onto the WebUI's progress bar (its job counter and text)."""
+        """Pipeline-level progress onto the WebUI's progress bar: `total` diffusion calls planned, `step`
+        done. Each call's process_images moves job_no on by one (as in the WebUI's img2img batch), and the
+        bar adds the call's sampling steps, so the bar runs once from 0 to 100% over the whole job."""
         from modules import shared
 
         shared.state.job_count = max(int(total), 1)
@@ -338,13 +342,25 @@ class WebUIHost:
             return
         from modules import call_queue, shared
 
-        with call_queue.queue_lock:
-            shared.state.begin(job=job)
-            try:
-                with self._active(session):
-                    yield session
-            finally:
-                shared.state.end()
+        # The WebUI's task queue, as its own wrapper does: `job` "task(...)" is the id a page polls
+        # /internal/progress with (the top progress bar); other callers get an id of their own.
+        progress = _progress_module()
+        task = job if TASK_ID.fullmatch(job) else (progress.create_task_id("portrait") if progress else None)
+        if progress is not None:
+            progress.add_task_to_queue(task)
+        try:
+            with call_queue.queue_lock:
+                shared.state.begin(job=task or job)
+                if progress is not None:
+                    progress.start_task(task)
+                try:
+                    with self._active(session):
+                        yield session
+                finally:
+                    shared.state.end()
+        finally:
+            if progress is not None:
+                progress.finish_task(task)
 
     @contextmanager
     def _active(self, session: HostSession) -> Iterator[None]:
@@ -399,9 +415,15 @@ class WebUIHost:
             common = self._processing_fields(task, request, negative=negative, steps=steps, cfg=cfg, seed=seed,
                                              size=size)
             p = processing_class(**common, **fields)
-            with _script_ranges_restored(runner), closing(p):
+            with _script_ranges_restored(runner), _unsaved_settings_restored(request.override_settings), closing(p):
                 self._attach_scripts(p, runner, request.units)
-                processed = processing.process_images(p)
+                try:
+                    processed = processing.process_images(p)
+                except urllib.error.URLError as error:  # a model the WebUI fetches on first use, offline
+                    raise WebUIError(
+                        f"the WebUI tried to download a model during this call and could not ({error.reason}); "
+                        "its console names the file. Put the file where it says, or switch off what needs it "
+                        "(Settings → Live previews → Live preview method: Approx cheap)") from error
             self._raise_if_interrupted(steps)
         return self._generated_image(processed, expected_maps=len(request.units))
 
@@ -470,10 +492,26 @@ class WebUIHost:
                   "overlay_inpaint": True, **self._checkpoint_setting()}
         if with_controls:
             wanted["control_net_no_detectmap"] = False  # the detected maps are the proof each unit ran
+        wanted.update(self._preview_setting())
         opts = shared.opts
         # process_images' opts.set() fails on an unknown key; a value already in place needs no override.
         return {key: value for key, value in wanted.items()
                 if key in opts.data_labels and getattr(opts, key, None) != value}
+
+    def _preview_setting(self) -> dict:
+        """The live-preview method for our calls. With "Approx NN" the WebUI loads its preview network before
+        sampling and downloads it when missing (SDXL's vaeapprox-sdxl.pt is not shipped), which fails
+        offline; our calls then use "Approx cheap", which needs no file. The user's setting stays as it was."""
+        from modules import paths_internal, shared
+
+        if not getattr(shared.opts, "live_previews_enable", False) or \
+                getattr(shared.opts, "show_progress_type", None) != "Approx NN":
+            return {}
+        name = "vaeapprox-sdxl.pt" if self.family == "sdxl" else "model.pt"
+        folders = (Path(paths_internal.models_path), Path(paths_internal.script_path) / "models")
+        if any((folder / "VAE-approx" / name).exists() for folder in folders):
+            return {}
+        return {"show_progress_type": "Approx cheap"}
 
     def _checkpoint_setting(self) -> dict:
         if not self.checkpoint:
@@ -560,6 +598,33 @@ class WebUIHost:
 
 
 # ---- module helpers (no state) ---------------------------------------------------------------------------
+TASK_ID = re.compile(r"task\([A-Za-z0-9_-]{1,64}\)")  # what the WebUI's pages send as a task id
+
+
+def _progress_module():
+    """The WebUI's modules.progress (its task queue), or None in a WebUI without one."""
+    try:
+        from modules import progress
+    except ImportError:
+        return None
+    return progress if all(hasattr(progress, name) for name in ("add_task_to_queue", "start_task", "finish_task",
+                                                                 "create_task_id")) else None
+
+
+@contextmanager
+def _unsaved_settings_restored(overrides: dict) -> Iterator[None]:
+    """process_images restores only the overridden settings the user has saved (those in opts.data); one
+    still at its default would keep our value after the call. Forget those again, back to the default."""
+    from modules import shared
+
+    unsaved = [key for key in overrides if key not in shared.opts.data]
+    try:
+        yield
+    finally:
+        for key in unsaved:
+            shared.opts.data.pop(key, None)
+
+
 def _checked_lora_name(name, folder: Path) -> str:
     """A name that can stand in `<lora:name:w>` and in the folder: no path parts, no tag syntax."""
     if not isinstance(name, str) or not name or not set(name) <= LORA_NAME_CHARS or name.startswith("."):

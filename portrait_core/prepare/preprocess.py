@@ -5,7 +5,9 @@
 3. Find the identity: the person who appears across the most photos (`find_identity_centre`), and in
    each photo the face that matches them best; photos whose best face is somebody else are rejected
    as "different person", with the score.
-4. Reject faces that are too small or turned away (frontalness from the five points).
+4. Reject faces that are too small or turned away (frontalness from the five points). With a super-resolution
+   `upscaler`, a face between half the minimum size and the minimum is kept instead, and its crop is
+   super-resolved rather than enlarged (EasyPhoto does the same); report.json says which were (`enhanced`).
 5. Rank by identity score x frontal score (x 0.9 for a face cut by the photo's edge): the best is the
    reference face; keep the top k.
 6. Crop each kept photo around its face (a square 3x the face size, 512 px), keep the person inside a widened
@@ -56,6 +58,7 @@ log = get_logger("preprocess")
 
 Progress = Callable[[int, int, str], None]
 Enhancer = Callable[[np.ndarray], np.ndarray]
+Upscaler = Callable[[np.ndarray, float], np.ndarray]  # (RGB pixels, scale) -> RGB pixels `scale` times the size
 
 # Ranking factor for a face cut by the photo's edge: it is still kept, but a whole face is preferred,
 # above all as the reference face.
@@ -107,11 +110,12 @@ class PhotoEntry:
     identity_score: float | None = None
     frontal_score: float | None = None
     face_box: list[float] | None = None
+    enhanced: bool = False  # its face was below the minimum size and was super-resolved before cropping
 
     def to_json(self) -> dict:
         return {"file": self.file, "kept": self.kept, "reason": self.reason,
                 "identity_score": self.identity_score, "frontal_score": self.frontal_score,
-                "face_box": self.face_box}
+                "face_box": self.face_box, "enhanced": self.enhanced}
 
 
 @dataclass
@@ -143,6 +147,7 @@ class _Analysis:
     subject: int | None = None
     rank_score: float = 0.0
     image_size: tuple[int, int] = (0, 0)  # width, height of the upright photo
+    small_face: bool = False  # below the minimum size, kept because it will be super-resolved
 
     @property
     def face(self) -> Face:
@@ -167,8 +172,12 @@ def preprocess_folder(photos_dir: Path, identity: str, **kwargs) -> PreprocessRe
 
 def preprocess_photos(files: Sequence[Path], identity: str, *, root: Path | None = None,
                       analyzer: FaceAnalyzer | None = None, options: PreprocessOptions | None = None,
-                      enhance: Enhancer | None = None, progress: Progress | None = None) -> PreprocessReport:
+                      enhance: Enhancer | None = None, progress: Progress | None = None,
+                      upscaler: Upscaler | None = None) -> PreprocessReport:
     """Check, score and select `files`, write the identity's dataset and report; returns the report.
+
+    `upscaler` (super-resolution): faces under `options.min_face_px` (but at least half of it) are kept and
+    their crops super-resolved instead of being rejected as too small.
 
     Raises NoUsablePhotosError (carrying the report, which is still written to `<identity>/report.json`)
     when no photo can be kept; the previous dataset, if any, is then left as it was. Without an
@@ -180,7 +189,7 @@ def preprocess_photos(files: Sequence[Path], identity: str, *, root: Path | None
         analyzer = get_face_analyzer("auto")
         try:
             return preprocess_photos(files, identity, root=root, analyzer=analyzer, options=options,
-                                     enhance=enhance, progress=progress)
+                                     enhance=enhance, progress=progress, upscaler=upscaler)
         finally:
             analyzer.unload()  # we loaded the models, so we free them
     threshold = options.identity_threshold
@@ -189,12 +198,12 @@ def preprocess_photos(files: Sequence[Path], identity: str, *, root: Path | None
     centre = find_identity_centre([a.embeddings for a in analyses if a.embeddings], threshold)
     for analysis in analyses:
         if analysis.embeddings and centre is not None:
-            _judge(analysis, centre, threshold, options)
+            _judge(analysis, centre, threshold, options, can_enhance=upscaler is not None)
     kept = _select_top(analyses, options.top_k)
     report = PreprocessReport(id=paths.id, reference=None, photos=[a.entry for a in analyses])
     if kept:
         kept = _write_dataset(paths, kept, analyzer=analyzer, options=options, centre=centre, report=report,
-                              enhance=enhance, progress=progress)
+                              enhance=enhance, progress=progress, upscaler=upscaler)
     if not kept:
         atomic_write_json(paths.report, report.to_json())
         raise NoUsablePhotosError(_no_usable_message(report, options), report)
@@ -216,9 +225,11 @@ def run_from_cli(photos_dir: Path, identity: str, root: Path | None) -> int:
         sys.stderr.write(f"error: {photos_dir} contains no files. "
                          f"{UPLOAD_ADVICE.format(min_face=PreprocessOptions().min_face_px)}\n")
         return 1
+    from portrait_core.models.superres import array_upscaler
+
     analyzer = get_face_analyzer("auto")
     try:
-        report = preprocess_photos(files, paths.id, root=paths.root, analyzer=analyzer)
+        report = preprocess_photos(files, paths.id, root=paths.root, analyzer=analyzer, upscaler=array_upscaler())
     except NoUsablePhotosError as error:
         write_summary(error.report, paths, sys.stdout)
         sys.stderr.write(f"error: {error}\n")
@@ -323,8 +334,10 @@ def _seed_embedding(photos: list[list[np.ndarray]]) -> np.ndarray:
     return best
 
 
-def _judge(analysis: _Analysis, centre: IdentityCentre, threshold: float, options: PreprocessOptions) -> None:
-    """Pick the photo's subject face, score it, and reject it if it is not a usable face of the identity."""
+def _judge(analysis: _Analysis, centre: IdentityCentre, threshold: float, options: PreprocessOptions, *,
+           can_enhance: bool = False) -> None:
+    """Pick the photo's subject face, score it, and reject it if it is not a usable face of the identity
+    (a small one is kept when `can_enhance`: its crop will be super-resolved)."""
     scores = [similarity(e, centre.vector) for e in analysis.embeddings]
     analysis.subject = int(np.argmax(scores))
     entry, face = analysis.entry, analysis.face
@@ -334,11 +347,12 @@ def _judge(analysis: _Analysis, centre: IdentityCentre, threshold: float, option
     if entry.identity_score < threshold:
         entry.reason = (f"different person (identity score {entry.identity_score:.2f}; the person in most "
                         f"photos scores at least {threshold:.2f})")
-    elif face.size < options.min_face_px:
+    elif face.size < options.min_face_px and not can_enhance:
         entry.reason = _too_small_reason(face, options)
     elif entry.frontal_score < options.min_frontal:
         entry.reason = (f"face turned away from the camera (frontal score {entry.frontal_score:.2f}; "
                         f"need {options.min_frontal:.2f})")
+    analysis.small_face = face.size < options.min_face_px
     analysis.rank_score = entry.identity_score * entry.frontal_score
     if _cut_by_edge(face, analysis.image_size):
         analysis.rank_score *= EDGE_PENALTY
@@ -375,21 +389,23 @@ class _Crop:
 
 def _write_dataset(paths: IdentityPaths, kept: list[_Analysis], *, analyzer: FaceAnalyzer,
                    options: PreprocessOptions, centre: IdentityCentre | None, report: PreprocessReport,
-                   enhance: Enhancer | None, progress: Progress | None) -> list[_Analysis]:
+                   enhance: Enhancer | None, progress: Progress | None,
+                   upscaler: Upscaler | None = None) -> list[_Analysis]:
     """Crop the kept photos, then build the dataset folder in staging and swap it in; returns the
     photos that made it in (none: nothing is written and the previous dataset stays)."""
     prepared: list[tuple[_Analysis, _Crop, Photo]] = []
     for index, analysis in enumerate(kept):
         if progress is not None:
             progress(index, len(kept), f"cropping {analysis.entry.file}")
-        result = _prepare_crop(analysis, analyzer, options, enhance)
+        result = _prepare_crop(analysis, analyzer, options, enhance, upscaler if analysis.small_face else None)
         if result is not None:
             prepared.append(result)
     if not prepared:
         return []
     report.reference = prepared[0][0].entry.file
-    for analysis, _, _ in prepared:
+    for analysis, crop, _ in prepared:
         analysis.entry.kept = True
+        analysis.entry.enhanced = crop.enhanced
     with atomic_directory(paths.dataset) as staging:
         layout = paths.dataset_layout(staging)
         layout.images.mkdir()
@@ -402,7 +418,7 @@ def _write_dataset(paths: IdentityPaths, kept: list[_Analysis], *, analyzer: Fac
 
 
 def _prepare_crop(analysis: _Analysis, analyzer: FaceAnalyzer, options: PreprocessOptions,
-                  enhance: Enhancer | None) -> tuple[_Analysis, _Crop, Photo] | None:
+                  enhance: Enhancer | None, upscaler: Upscaler | None = None) -> tuple[_Analysis, _Crop, Photo] | None:
     try:
         photo = load_photo(analysis.path, options.photo_limits)
     except UnusablePhotoError as error:
@@ -412,16 +428,16 @@ def _prepare_crop(analysis: _Analysis, analyzer: FaceAnalyzer, options: Preproce
         analysis.entry.reason = "the file changed while it was being prepared; run again"
         return None
     others = [f for i, f in enumerate(analysis.faces) if i != analysis.subject]
-    crop = make_training_crop(photo.pixels, analysis.face, others, analyzer, options)
+    crop = make_training_crop(photo.pixels, analysis.face, others, analyzer, options, upscaler=upscaler)
     if enhance is not None and crop.upscaled:
         crop = _enhanced(crop, enhance)
     return analysis, crop, photo
 
 
 def make_training_crop(pixels: np.ndarray, face: Face, other_faces: Sequence[Face], analyzer: FaceAnalyzer,
-                       options: PreprocessOptions) -> _Crop:
+                       options: PreprocessOptions, *, upscaler: Upscaler | None = None) -> _Crop:
     """Square crop centred on `face` (crop_scale x its size, kept inside the photo), eyes levelled,
-    resized to `crop_short_side`, background cleaned."""
+    resized to `crop_short_side` (enlarged by `upscaler`, when given, instead of Lanczos), background cleaned."""
     pixels, face, other_faces = level_eyes(pixels, face, other_faces)
     height, width = pixels.shape[:2]
     x0, y0, x1, y1 = square_crop_box(face.box, width, height, options.crop_scale)
@@ -429,8 +445,12 @@ def make_training_crop(pixels: np.ndarray, face: Face, other_faces: Sequence[Fac
     scale = 1.0 if options.crop_short_side is None else options.crop_short_side / min(region.shape[:2])
     size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
     interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LANCZOS4
-    resized = cv2.resize(region, size, interpolation=interpolation) if scale != 1.0 else region.copy()
-    crop = _Crop(pixels=resized, face=face.in_crop(x0, y0, scale), upscaled=scale > 1.05)
+    super_resolve = upscaler is not None and scale > 1.0
+    if super_resolve:
+        resized = _super_resolved(region, scale, size, upscaler)
+    else:
+        resized = cv2.resize(region, size, interpolation=interpolation) if scale != 1.0 else region.copy()
+    crop = _Crop(pixels=resized, face=face.in_crop(x0, y0, scale), upscaled=scale > 1.05, enhanced=super_resolve)
     others = [f.in_crop(x0, y0, scale) for f in other_faces]
     if options.white_background:
         crop.pixels = on_white_background(crop.pixels, subject_mask(crop.pixels, crop.face, others, analyzer,
@@ -439,6 +459,15 @@ def make_training_crop(pixels: np.ndarray, face: Face, other_faces: Sequence[Fac
         skin = analyzer.face_mask(crop.pixels, crop.face, eyes=False, brows=False, lips=False)
         crop.pixels = smooth_skin_array(crop.pixels, skin)
     return crop
+
+
+def _super_resolved(region: np.ndarray, scale: float, size: tuple[int, int], upscaler: Upscaler) -> np.ndarray:
+    result = np.asarray(upscaler(region, scale))
+    if result.ndim != 3 or result.shape[2] != 3 or result.dtype != np.uint8:
+        raise InputImageError(f"the super-resolution returned {result.shape} {result.dtype}; expected RGB uint8")
+    if (result.shape[1], result.shape[0]) != size:  # a rounding pixel apart
+        result = cv2.resize(result, size, interpolation=cv2.INTER_AREA)
+    return result
 
 
 def level_eyes(pixels: np.ndarray, face: Face, other_faces: Sequence[Face]) -> tuple[np.ndarray, Face, list[Face]]:

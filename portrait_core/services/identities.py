@@ -82,10 +82,12 @@ class IdentityService:
     """The identities of one workspace. `gpu_session(job)` is the host's session: face models may run on
     the GPU, so preparing photos takes its turn like a generation does (None: nothing else shares it)."""
 
-    def __init__(self, workspace: Workspace, runner: JobRunner, *, gpu_session: GpuSession | None = None):
+    def __init__(self, workspace: Workspace, runner: JobRunner, *, gpu_session: GpuSession | None = None,
+                 upscaler=None):
         self.workspace = workspace
         self.runner = runner
         self._gpu_session = gpu_session
+        self._upscaler = upscaler  # super-resolution for faces below the minimum size (None: they are rejected)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         remove_stale_uploads(workspace.identities)
@@ -181,7 +183,7 @@ class IdentityService:
                 files.append(staged.photos / file_name)
             with self._session("portrait studio: prepare photos"):
                 report = preprocess_photos(files, final.id, root=staging_root,
-                                           options=PreprocessOptions(top_k=top_k))
+                                           options=PreprocessOptions(top_k=top_k), upscaler=self._upscaler)
             commit_prepared(staged, final)
         finally:
             _remove_upload(staging_root)

@@ -54,12 +54,15 @@ class PortraitServices:
     @classmethod
     def create(cls, workspace: Workspace, host: Callable[[], Host], *, in_webui: bool = False,
                runner: JobRunner | None = None, analyzer=None,
-               default_checkpoint: Callable[[], str | None] | None = None) -> PortraitServices:
+               default_checkpoint: Callable[[], str | None] | None = None,
+               prepare_upscaler=None) -> PortraitServices:
         """`host()` builds the host (called once, on first use); `default_checkpoint()` names the checkpoint a
-        training without `base_model` uses (None or "": the host's current one)."""
+        training without `base_model` uses (None or "": the host's current one); `prepare_upscaler` is the
+        super-resolution photo preparation uses on small faces (None: they are rejected as too small)."""
         runner = runner or JobRunner(workspace.jobs)
         lazy = host if isinstance(host, LazyHost) else LazyHost(host)
-        identities = IdentityService(workspace, runner, gpu_session=lambda job: lazy().session(job))
+        identities = IdentityService(workspace, runner, gpu_session=lambda job: lazy().session(job),
+                                     upscaler=prepare_upscaler)
         generation = GenerationService(workspace, identities, runner, lazy, analyzer=analyzer)
         return cls(workspace=workspace, runner=runner, host=lazy, identities=identities,
                    training=TrainingService(workspace, runner, identities, lazy, in_webui=in_webui,
@@ -85,4 +88,22 @@ def standalone_services(workspace: Workspace | None = None, base_model: Path | s
 
     if base_model is not None:
         standalone_base_model(base_model)  # a wrong path fails here, before anything is written
-    return PortraitServices.create(workspace, build_host, runner=runner)
+    lazy = LazyHost(build_host)
+    return PortraitServices.create(workspace, lazy, runner=runner, prepare_upscaler=host_super_resolution(lazy))
+
+
+def host_super_resolution(host: Callable[[], Host]):
+    """Photo preparation's super-resolution: the standalone host's Real-ESRGAN (one network for both, under
+    the host's lock), or None when Real-ESRGAN is not installed (preparation never falls back to Lanczos)."""
+    from portrait_core.models.superres import REALESRGAN_NAME, ncnn_available
+
+    if not ncnn_available():
+        return None
+
+    def upscale(pixels, scale: float):
+        import numpy as np
+        from PIL import Image
+
+        return np.asarray(host().upscale(Image.fromarray(pixels), scale, REALESRGAN_NAME))
+
+    return upscale

@@ -514,7 +514,9 @@ def test_the_standalone_page_in_a_real_browser(request, browser, service, identi
         follow_and_cancel_in_browser(browser)
         assert runner.get(sleeping.id).state == "cancelled"
         train_in_browser(browser, too_small)
-        generate_in_browser(browser)
+        own_photo = tmp_path / "my template (1).jpg"
+        shutil.copy(template_dir / "biden.jpg", own_photo)
+        generate_in_browser(browser, own_photo)
         delete_in_browser(browser)
     assert not (identities_root / "ana-x").exists() and not (identities_root / "obama").exists()
 
@@ -542,8 +544,9 @@ def train_in_browser(browser: Browser, photo: Path) -> None:
     assert "rejected" in report and "too small" in report
 
 
-def generate_in_browser(browser: Browser) -> None:
-    """Pick the template in the gallery, render, read the score under the result and its infotext."""
+def generate_in_browser(browser: Browser, template: Path) -> None:
+    """Pick the template in the gallery, render, read the score under the result and its infotext; then
+    upload `template` in "Upload one" and render it."""
     browser.click_tab("Generate")
     wait_until(lambda: browser.script("return root.querySelectorAll('#portrait-template-gallery img').length"),
                20, "the template gallery")
@@ -554,6 +557,15 @@ def generate_in_browser(browser: Browser) -> None:
     assert "Seed: 4" in browser.script("return root.querySelector('#portrait-generate-infotext textarea').value;")
     captions = browser.text("#portrait-results_gallery")
     assert re.search(r"score -?\d\.\d{3} · obama", captions), captions
+    # A photo from "Upload one" is reported under its own file name, not as upload.png.
+    browser.click_tab("Upload one")
+    browser.type("#portrait-generate-upload input[type=file]", str(template))
+    wait_until(lambda: browser.script("return root.querySelectorAll('#portrait-generate-upload img').length"),
+               20, "the uploaded template's preview")
+    browser.click("#portrait-generate-start")
+    wait_until(lambda: template.name in browser.text("#portrait-results_gallery"), 120,
+               f"a result captioned with {template.name}")
+    assert "upload.png" not in browser.text("#portrait-results_gallery")
 
 
 def delete_in_browser(browser: Browser) -> None:
@@ -751,3 +763,14 @@ def test_the_summary_says_no_face_was_found_instead_of_a_zero_score():
     assert "no face found in the result" in _summary([(made(None), "")])
     assert "0.000" not in _summary([(made(None), "")])
     assert "best identity score 0.420" in _summary([(made(0.42), "")])
+
+
+@pytest.mark.parametrize(("sent", "shown"), [("studio shot (2).jpg", "studio shot (2).jpg"),
+                                             ("C:\\Users\\ana\\me.png", "me.png"), ("../../etc/passwd", "passwd"),
+                                             ("<img src=x onerror=alert(1)>.png", "upload.png"), ("", "upload.png"),
+                                             ("x" * 300 + ".png", "upload.png")])
+def test_an_uploaded_template_keeps_its_file_name_and_never_a_path(sent, shown):
+    from portrait_core.adapters.ui.generate import _uploaded_template
+
+    [(name, image)] = _uploaded_template(Image.new("RGB", (8, 8)), sent)
+    assert name == shown and image.size == (8, 8)

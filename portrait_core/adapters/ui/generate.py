@@ -4,6 +4,7 @@ upload or a batch, advanced parameters, and the results ranked by identity score
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,33 @@ from portrait_core.services.uploads import MAX_TEMPLATES, PHOTO_EXTENSIONS
 
 MAX_FACES = 4
 NO_FACE = "(none)"
+UPLOAD_NAME = re.compile(r"[\w][\w .()+,-]{0,99}")  # a plain file name, shown in captions and infotext
+
+# Browser side (run by Gradio's _js; no page script needed, so the same in the WebUI and standalone).
+# The image input hands the server pixels only: the picked or dropped file's name is kept on the page
+# and sent with the click. A pasted image has no name.
+REMEMBER_UPLOAD_NAME_JS = """() => {
+    const app = typeof gradioApp === "function" ? gradioApp() : document;
+    const box = app.querySelector("#portrait-generate-upload");
+    if (!box || box.dataset.portraitNames) { return []; }
+    box.dataset.portraitNames = "1";
+    const remember = (files) => { window.portraitStudioUploadName = files && files.length ? files[0].name : ""; };
+    box.addEventListener("change", (event) => { if (event.target.files) { remember(event.target.files); } }, true);
+    box.addEventListener("drop", (event) => remember(event.dataTransfer && event.dataTransfer.files), true);
+    box.addEventListener("paste", () => remember(null), true);
+    return [];
+}"""
+# Inside the WebUI: a task id the WebUI's own progress bar polls (/internal/progress), as its txt2img does.
+SUBMIT_JS = """(...args) => {
+    const app = typeof gradioApp === "function" ? gradioApp() : document;
+    const results = app.querySelector("#portrait-results_gallery");
+    if (typeof requestProgress === "function" && typeof randomId === "function" && results) {
+        args[0] = randomId();
+        requestProgress(args[0], results, results, () => {});
+    }
+    args[1] = window.portraitStudioUploadName || "";
+    return args;
+}"""
 FROM_GALLERY, FROM_UPLOAD, FROM_BATCH = "Template gallery", "Upload one", "Batch upload"
 MAX_GALLERY_TEMPLATES = 200
 
@@ -55,6 +83,8 @@ class GenerateTab:
     results: gr.Gallery
     infotext: gr.Textbox
     infotexts: gr.State
+    task_id: gr.Textbox
+    upload_name: gr.Textbox
     handlers: GenerateHandlers | None = None
 
 
@@ -76,6 +106,8 @@ def build_generate_tab(backend: UiBackend) -> GenerateTab:
                                              elem_classes=["portrait-submit"])
                 form["interrupt"] = gr.Button("Interrupt", elem_id="portrait-generate-interrupt")
             form["message"] = gr.HTML(elem_id="portrait-generate-message")
+            form["task_id"] = gr.Textbox(visible=False, elem_id="portrait-generate-task-id")
+            form["upload_name"] = gr.Textbox(visible=False, elem_id="portrait-generate-upload-name")
         with gr.Column():
             form.update(_results_panel(backend))
     widgets = GenerateTab(tab=tab, **form)
@@ -115,6 +147,7 @@ def _template_sources(backend: UiBackend) -> dict:
         with gr.Tab(FROM_BATCH, id="batch", elem_id="portrait-generate-batch-tab") as batch_tab:
             batch = UploadedFiles(file_count="multiple", file_types=["image"], label=f"Template photos (up to "
                                   f"{MAX_TEMPLATES})", elem_id="portrait-generate-batch-files")
+    upload_tab.select(None, _js=REMEMBER_UPLOAD_NAME_JS)
     for tab, name in ((gallery_tab, FROM_GALLERY), (upload_tab, FROM_UPLOAD), (batch_tab, FROM_BATCH)):
         tab.select(_constant(name), outputs=[source], queue=False)
     return {"source": source, "template_gallery": gallery, "template_paths": gr.State(paths),
@@ -142,8 +175,10 @@ def _results_panel(backend: UiBackend) -> dict:
 
 def _connect_generate_events(w: GenerateTab) -> None:
     handlers = w.handlers
-    form_inputs = {*w.faces, w.source, w.selected_template, w.upload, w.batch, *w.advanced.values()}
-    w.generate.click(handlers.generate, inputs=form_inputs,
+    # A list, not a set: the page's script fills the first two values (task id, uploaded file's name).
+    handlers.form_order = [*w.faces, w.source, w.selected_template, w.upload, w.batch, *w.advanced.values()]
+    w.generate.click(handlers.generate_from_page, _js=SUBMIT_JS,
+                     inputs=[w.task_id, w.upload_name, *handlers.form_order],
                      outputs=[w.results, w.infotext, w.infotexts, w.message])
     w.interrupt.click(handlers.interrupt, outputs=[w.message], queue=False)
     w.results.select(handlers.show_infotext, inputs=[w.infotexts], outputs=[w.infotext])
@@ -165,12 +200,17 @@ class GenerateHandlers:
         self._running = 0  # generations under way, from every page: Interrupt only asks the host then
         self._running_lock = threading.Lock()
 
-    def generate(self, form: dict) -> dict:
+    def generate_from_page(self, task_id: str, upload_name: str, *values) -> dict:
+        return self.generate(dict(zip(self.form_order, values, strict=True)), task_id=task_id,
+                             upload_name=upload_name)
+
+    def generate(self, form: dict, *, task_id: str = "", upload_name: str = "") -> dict:
         w = self.w
         try:
             params = self._params(form)
-            templates = self._templates(form)
-            with self._counted(), self.backend.generation_context():
+            templates = self._templates(form, upload_name)
+            job = task_id if isinstance(task_id, str) and task_id.startswith("task(") else "Portrait Studio"
+            with self._counted(), self.backend.generation_context(job[:80]):
                 outputs = self.backend.generation().generate(params, templates)
         except Refusal as refusal:
             return {w.message: error_html(refusal.lines, "Nothing generated")}
@@ -243,11 +283,11 @@ class GenerateHandlers:
         except (ValidationError, FormError) as error:
             raise Refusal(validation_messages(error, GenerateParams)) from error
 
-    def _templates(self, form: dict) -> list[tuple[str, object]]:
+    def _templates(self, form: dict, upload_name: str = "") -> list[tuple[str, object]]:
         source = form[self.w.source]
         try:
             if source == FROM_UPLOAD:
-                return _uploaded_template(form[self.w.upload])
+                return _uploaded_template(form[self.w.upload], upload_name)
             if source == FROM_BATCH:
                 return _batch_templates(form[self.w.batch])
             return _gallery_template(form[self.w.selected_template])
@@ -257,10 +297,13 @@ class GenerateHandlers:
             raise Refusal(f"Templates: {error}") from error
 
 
-def _uploaded_template(image) -> list[tuple[str, object]]:
+def _uploaded_template(image, name: str = "") -> list[tuple[str, object]]:
+    """The uploaded photo under the name of its file on the user's disk (a name only, never a path here;
+    "upload.png" for a pasted image or a name that is not a plain file name)."""
     if image is None:
         raise Refusal("Template: upload a photo first (or pick another template source)")
-    return [("upload.png", image.convert("RGB"))]
+    name = name.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(name, str) else ""
+    return [(name if UPLOAD_NAME.fullmatch(name) else "upload.png", image.convert("RGB"))]
 
 
 def _batch_templates(files) -> list[tuple[str, object]]:

@@ -144,12 +144,14 @@ def _connect_train_events(w: TrainTab) -> None:
     handlers = w.handlers
     form_inputs = {w.photos, w.identity, w.checkpoint, *w.advanced.values()}
     started = w.start.click(handlers.start, inputs=form_inputs, outputs=[w.message, w.report, w.progress, w.job_id])
-    watchers = [started.then(handlers.watch, inputs=[w.job_id], outputs=[w.progress])]
+    # The bar is the progress: Gradio's own status overlay on a streaming output covered its first letters.
+    watch = {"fn": handlers.watch, "inputs": [w.job_id], "outputs": [w.progress], "show_progress": "hidden"}
+    watchers = [started.then(**watch)]
     for trigger in (w.show_progress.click, w.tab.select):
         resumed = trigger(handlers.resume, inputs=[w.job_id], outputs=[w.job_id])
-        watchers.append(resumed.then(handlers.watch, inputs=[w.job_id], outputs=[w.progress]))
+        watchers.append(resumed.then(**watch))
     retried = w.retry.click(handlers.retry, inputs=[w.job_id, w.identity], outputs=[w.message, w.progress, w.job_id])
-    watchers.append(retried.then(handlers.watch, inputs=[w.job_id], outputs=[w.progress]))
+    watchers.append(retried.then(**watch))
     # One watcher per page: a new one (Start, Retry, or the tab shown again) stops the one before.
     for trigger in (w.start.click, w.show_progress.click, w.tab.select, w.retry.click):
         trigger(None, None, None, cancels=watchers)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modules import extra_networks, face_restoration, scripts, sd_models, sd_samplers, shared
+from modules import extra_networks, face_restoration, scripts, sd_models, sd_samplers, sd_vae_approx, shared
 
 backend = None
 """Set by webui_double.generation.start(); process_images() fails without it, as without a model."""
@@ -208,6 +208,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_seeds = [seed + x for x in range(len(p.all_prompts))]
     if p.scripts is not None:
         p.scripts.process(p)
+    if shared.opts.live_previews_enable and shared.opts.show_progress_type == "Approx NN":
+        sd_vae_approx.model()  # as the real one: loaded (downloaded when missing) before sampling starts
     if shared.state.job_count == -1:
         shared.state.job_count = p.n_iter
     output_images = []

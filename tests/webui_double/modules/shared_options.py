@@ -28,5 +28,7 @@ options_templates = {
     "return_mask": OptionInfo(False, "For inpainting, include the greyscale mask in results for web"),
     "return_mask_composite": OptionInfo(False, "For inpainting, include masked composite in results for web"),
     "overlay_inpaint": OptionInfo(True, "Overlay original for inpaint"),
+    "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
+    "show_progress_type": OptionInfo("Approx NN", "Live preview method"),
     "enable_pnginfo": OptionInfo(True, "Write infotext to metadata of the generated image"),
 }
