@@ -111,6 +111,10 @@ class GenerateParams(StrictModel):
     canny_weight: float = Field(0.50, ge=0.0, le=2.0, description="pass 1")
     openpose_weight: float = Field(0.50, ge=0.0, le=2.0, description="pass 1")
     color_weight: float = Field(0.85, ge=0.0, le=2.0, description="pass 1")
+    canny_end: float = Field(1.0, ge=0.0, le=1.0, description="pass 1: canny acts until this fraction of the "
+                                                              "steps, then stops running (1 = every step)")
+    color_end: float = Field(1.0, ge=0.0, le=1.0, description="pass 1: the colour control acts until this "
+                                                              "fraction of the steps (1 = every step)")
     second_canny_weight: float = Field(1.0, ge=0.0, le=2.0, description="pass 2")
     tile_weight: float = Field(1.0, ge=0.0, le=2.0, description="pass 2")
     ip_adapter_weight: Optional[float] = Field(None, ge=0.0, le=2.0, description="image prompt from the "

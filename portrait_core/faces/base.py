@@ -91,8 +91,9 @@ class FaceAnalyzer(Protocol):
     embedding_size: int
     same_person_threshold: float   # cosine similarity at or above which two faces are one person
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """All faces, sorted by `sort_faces` (largest first)."""
+    def detect(self, image: np.ndarray, *, small_faces: bool = True) -> list[Face]:
+        """All faces, sorted by `sort_faces` (largest first). `small_faces=False` lets a backend skip an
+        extra search for small faces once it has found a large one."""
         ...
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:

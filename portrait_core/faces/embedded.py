@@ -174,12 +174,13 @@ class EmbeddedFaceAnalyzer:
 
     # -- detection ---------------------------------------------------------------------------
 
-    def detect(self, image: np.ndarray) -> list[Face]:
+    def detect(self, image: np.ndarray, *, small_faces: bool = True) -> list[Face]:
         """All faces, largest first (see `sort_faces`), each with five points and, when the face mesh
-        fits it, the 478 dense landmarks."""
+        fits it, the 478 dense landmarks. `small_faces=False`: once the whole-image detectors have found a
+        large face, skip the tiled search for small ones (photo preparation: a photo is about its main face)."""
         image = check_rgb_image(image)
         work, scale = _downscale(image, self.detect_max_side)
-        candidates = _merge_candidates(self._candidates(work) or self._padded_candidates(work))
+        candidates = _merge_candidates(self._candidates(work, small_faces) or self._padded_candidates(work))
         faces = []
         for candidate in candidates:
             face = self._refine(image, _rescale_candidate(candidate, 1.0 / scale))
@@ -187,11 +188,11 @@ class EmbeddedFaceAnalyzer:
                 faces.append(face)
         return sort_faces(faces)
 
-    def _candidates(self, work: np.ndarray) -> list[_Candidate]:
+    def _candidates(self, work: np.ndarray, small_faces: bool = True) -> list[_Candidate]:
         with self.models.lock:
             found = _run_detector(self.models.face_detector(full_range=True), work, "full_range")
             found += _run_detector(self.models.face_detector(full_range=False), work, "short_range")
-            if self.tiles:
+            if self.tiles and (small_faces or not _has_large_face(found, work, self.min_confidence)):
                 for left, top, tile in _tiles(work):
                     found += _run_detector(self.models.face_detector(full_range=False), tile, "tile",
                                            offset=(left, top))
@@ -326,6 +327,13 @@ def _tiles(image: np.ndarray, min_tile: int = 192):
     for top in tops:
         for left in lefts:
             yield left, top, np.ascontiguousarray(image[top:top + side, left:left + side])
+
+
+def _has_large_face(found: list[_Candidate], image: np.ndarray, min_confidence: float) -> bool:
+    """A confident face at least a sixth of the image's short side: more than a tile (half the short side)
+    holds whole within a third of its width, so the tiled search could only add smaller faces."""
+    large = min(image.shape[:2]) / 6.0
+    return any(c.score >= max(min_confidence, 0.75) and box_size(c.box) >= large for c in found)
 
 
 def _run_detector(detector: Any, image: np.ndarray, source: str,

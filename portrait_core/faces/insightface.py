@@ -144,8 +144,9 @@ class InsightFaceAnalyzer:
 
     # -- FaceAnalyzer ----------------------------------------------------------------------------
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """All faces SCRFD finds, largest first (see `sort_faces`)."""
+    def detect(self, image: np.ndarray, *, small_faces: bool = True) -> list[Face]:
+        """All faces SCRFD finds, largest first (see `sort_faces`); one pass finds small faces too, so
+        `small_faces` changes nothing here."""
         image = check_rgb_image(image)
         detector, _ = self._models()
         height, width = image.shape[:2]

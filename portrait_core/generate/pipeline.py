@@ -132,8 +132,7 @@ class PortraitGenerator:
             image = self._render_face(image, face, identity, params, seed=seed, host=timed, notes=notes)
         if params.upscale > 1.0:
             image = self.host.upscale(image, params.upscale)
-        results = [FaceResult(identity.id, face.box_list(), self.identity_score(image, face, identity, params))
-                   for face, identity in faces]
+        results = self.identity_scores(image, faces, params)
         return PortraitResult(image, template_name, seed, results, time.perf_counter() - started,
                               notes, timed.seconds)
 
@@ -181,10 +180,10 @@ class PortraitGenerator:
         pasted = face_imaging.paste_aligned_face(work, identity.reference_image, identity.reference_points,
                                                  points).image
         pose_face = self._face_in(pasted, points)
-        controls = [Control("canny", work, params.canny_weight),
+        controls = [Control("canny", work, params.canny_weight, end=params.canny_end),
                     Control("openpose", face_pose_map(work.size, pose_face), params.openpose_weight,
                             preprocessed=True),
-                    Control("color", work, params.color_weight)]
+                    Control("color", work, params.color_weight, end=params.color_end)]
         controls += self._ip_adapter(identity, params)
         mask = face_imaging.face_mask(work.size, points=points, dilation=0.1)
         return host.inpaint(work, mask, self.prompt(identity, params), params.negative_prompt,
@@ -204,13 +203,14 @@ class PortraitGenerator:
                             cfg=params.cfg_scale, seed=seed, sampler=params.sampler, size=image.size)
 
     def _face_in(self, image: Image.Image, points: np.ndarray) -> Face:
-        """The face found where `points` are (for its dense landmarks), else one made of the five points."""
-        found = self.analyzer.detect(np.asarray(image))
-        centre = points.mean(axis=0)
-        for face in found:
-            x0, y0, x1, y1 = face.box
-            if x0 <= centre[0] <= x1 and y0 <= centre[1] <= y1:
-                return face
+        """The face found where `points` are (for its dense landmarks), else one made of the five points.
+
+        The face was pasted there, so only a region around the points is searched, not the whole crop."""
+        left, top, right, bottom = _region_around(points, image.size)
+        region = np.ascontiguousarray(np.asarray(image)[top:bottom, left:right])
+        match = _face_at(self.analyzer.detect(region), points.mean(axis=0) - (left, top))
+        if match is not None:
+            return match.in_crop(-left, -top)
         x0, y0 = points.min(axis=0)
         x1, y1 = points.max(axis=0)
         return Face(box=(float(x0), float(y0), float(x1), float(y1)), confidence=0.0, points=points)
@@ -257,17 +257,41 @@ class PortraitGenerator:
                 notes.append(f"face restoration skipped: {error}")
             return image
 
-    def identity_score(self, image: Image.Image, face: Face, identity: IdentityAssets,
-                       params: GenerateParams) -> float | None:
-        """Similarity of the face now at `face`'s place to the user's photos (None when none is found)."""
+    def identity_scores(self, image: Image.Image, faces: list[tuple[Face, IdentityAssets]],
+                        params: GenerateParams) -> list[FaceResult]:
+        """For each template face, the similarity of the face now at its place to its identity's photos (None
+        when none is found there). The result is searched for faces once; each template face is matched to
+        the face found around its centre."""
         scale = params.upscale if params.upscale > 1.0 else 1.0
         pixels = np.asarray(image.convert("RGB"))
-        centre = np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2]) * scale
-        for found in self.analyzer.detect(pixels):
-            x0, y0, x1, y1 = found.box
-            if x0 <= centre[0] <= x1 and y0 <= centre[1] <= y1:
-                return round(float(similarity(self.analyzer.embed(pixels, found), identity.centre)), 4)
-        return None
+        found = self.analyzer.detect(pixels)
+        results = []
+        for face, identity in faces:
+            centre = np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2]) * scale
+            match = _face_at(found, centre)
+            score = None if match is None else round(
+                float(similarity(self.analyzer.embed(pixels, match), identity.centre)), 4)
+            results.append(FaceResult(identity.id, face.box_list(), score))
+        return results
+
+
+def _face_at(faces: list[Face], point: np.ndarray) -> Face | None:
+    """The first of `faces` (largest first, as detected) whose box holds `point`."""
+    for face in faces:
+        x0, y0, x1, y1 = face.box
+        if x0 <= point[0] <= x1 and y0 <= point[1] <= y1:
+            return face
+    return None
+
+
+def _region_around(points: np.ndarray, size: tuple[int, int], factor: float = 5.0) -> tuple[int, int, int, int]:
+    """A square of `factor` x the five points' span around them, clipped to an image of `size`: the face
+    (about 2.2 spans wide), the context a detector wants, and the face mesh's own crop (twice the face)."""
+    centre = points.mean(axis=0)
+    half = max(float(np.ptp(points, axis=0).max()) * factor / 2, 16.0)
+    left, top = (max(0, int(np.floor(c - half))) for c in centre)
+    right, bottom = (min(side, int(np.ceil(c + half))) for c, side in zip(centre, size, strict=True))
+    return left, top, right, bottom
 
 
 def _face_color_transfer(image: Image.Image, reference: Image.Image, points: np.ndarray) -> Image.Image:

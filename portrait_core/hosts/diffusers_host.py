@@ -4,9 +4,12 @@ It loads a base model once (a diffusers folder or a single-file WebUI checkpoint
 every ControlNet it has loaded in memory, and builds cheap pipeline objects around those shared
 components per task. LoRAs are merged into the weights and restored exactly when the set changes.
 An IP-Adapter (image prompt) is loaded once with diffusers' loader and switched on only for calls
-that carry an `ip_adapter` control. ControlNets and IP-Adapters made for another model family
-(SD1.5 vs SDXL) are refused before they are loaded. Super-resolution is Real-ESRGAN on ncnn
-(`models.superres`), face restoration the user's CodeFormer / GFPGAN file (`faces.restoration`).
+that carry an `ip_adapter` control. The colour control runs as a T2I-Adapter when one is found (once per
+call instead of a ControlNet at every step, as inside the WebUI), and a control stops running its network
+after its start/end window (see `hosts.diffusers_controls`). ControlNets, T2I-Adapters and IP-Adapters
+made for another model family (SD1.5 vs SDXL) are refused before they are loaded. Super-resolution is
+Real-ESRGAN on ncnn (`models.superres`), face restoration the user's CodeFormer / GFPGAN file
+(`faces.restoration`).
 """
 
 from __future__ import annotations
@@ -103,17 +106,25 @@ class DiffusersHost:
 
     ControlNets are looked up in `controlnets` (kind -> diffusers folder), else in
     `controlnet-<kind>/` folders next to / inside the base model folder (the tiny model's layout).
+    The colour control runs on a T2I-Adapter from `t2i_adapters` (kind -> diffusers folder), else a
+    `t2iadapter-color/` folder found the same way, and on its ControlNet only when there is no adapter
+    or `color_adapter=False`.
     The IP-Adapter is `ip_adapter` (a weight file, or a folder of them), else the first one for the base
     model's family in an `ip-adapter/` folder inside / next to the base model; its CLIP image encoder
     is the `image_encoder/` folder beside the weight file (see `hosts.ip_adapter`).
     """
 
+    skip_unused_encode = True  # False: diffusers' own inpaint (encodes the masked image); the benchmark's baseline
+
     def __init__(self, base_model: Path, *, controlnets: dict[str, Path] | None = None,
+                 t2i_adapters: dict[str, Path] | None = None, color_adapter: bool = True,
                  ip_adapter: Path | None = None, lora_dir: Path | None = None, checkpoints_dir: Path | None = None,
                  progress_callback: Callable[[int, int, str], None] | None = None, device: str | None = None,
                  super_resolution=None, face_restorer=None):
         self.base_model = Path(base_model)
         self._controlnet_paths = {k: Path(v) for k, v in (controlnets or {}).items()}
+        self._adapter_paths = {k: Path(v) for k, v in (t2i_adapters or {}).items()}
+        self._use_adapters = color_adapter
         self._ip_adapter_path = Path(ip_adapter) if ip_adapter else None
         self._lora_dir = Path(lora_dir) if lora_dir else self.base_model.parent / "Lora"
         self._checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
@@ -124,6 +135,10 @@ class DiffusersHost:
         self._gpu = SessionLock(self._interrupt.set)
         self._components = None
         self._controlnets: dict[str, object] = {}
+        self._adapters: dict[str, object] = {}
+        # Control networks run since the host was made: ControlNet forwards (one per unit and step it acts
+        # in) and T2I-Adapter forwards (one per unit and call). The benchmark reports them.
+        self.forwards = {"controlnet": 0, "adapter": 0}
         self._pipelines: dict[tuple, object] = {}
         self._lora_patcher = None
         self._ip_adapter = None  # LoadedIPAdapter, once a call has asked for an image prompt
@@ -168,6 +183,7 @@ class DiffusersHost:
         self._ip_adapter = None
         self._components = None
         self._controlnets.clear()
+        self._adapters.clear()
         self._pipelines.clear()
         self._lora_patcher = None
         for backend in (self._super_resolution, self._face_restorer):
@@ -260,7 +276,8 @@ class DiffusersHost:
     def controlnet_models(self) -> list[str]:
         """The control kinds this host can run now: ControlNets found, and "ip_adapter" when an
         IP-Adapter for the base model's family is present (both checked from files, nothing loaded)."""
-        kinds = [kind for kind in SUPPORTED_CONTROLS if self._controlnet_path(kind) is not None]
+        kinds = [kind for kind in SUPPORTED_CONTROLS
+                 if self._controlnet_path(kind) is not None or self._runs_as_adapter(kind)]
         try:
             self._ip_adapter_file()
         except ControlError:
@@ -298,8 +315,11 @@ class DiffusersHost:
         import torch
 
         net_controls, image_prompt = _split_controls(request.controls)
+        adapter_controls = [c for c in net_controls if self._runs_as_adapter(c.kind)]
+        net_controls = [c for c in net_controls if c not in adapter_controls]
         # Validate controls, adapter and LoRA names before any loading work.
         control_kwargs = self._control_kwargs(request.task, net_controls, request.size)
+        adapter_maps = [self._control_map(control, request.size) for control in adapter_controls]
         if image_prompt is not None:
             self._ip_adapter_file()
         lora_files = [(self._lora_path(name), float(weight)) for name, weight in lora]
@@ -307,27 +327,56 @@ class DiffusersHost:
         prompt_kwargs = self._image_prompt_kwargs(pipeline, image_prompt)
         self._patcher().apply(lora_files)
         pipeline.scheduler = self._scheduler(request.sampler)
+        residuals = self._adapter_residuals(pipeline, adapter_controls, adapter_maps)
         done = [0]
+        nets = getattr(pipeline, "controlnet", None)
+        counted_before = nets.forward_calls if nets is not None else 0
         try:
-            result = pipeline(
-                prompt=request.prompt, negative_prompt=request.negative or None,
-                num_inference_steps=request.steps, guidance_scale=request.cfg,
-                height=request.size[1], width=request.size[0],
-                generator=torch.Generator("cpu").manual_seed(request.seed),
-                callback_on_step_end=self._step_callback(request.task, done, image_prompt),
-                **task_kwargs, **control_kwargs, **prompt_kwargs)
+            with residuals:
+                result = pipeline(
+                    prompt=request.prompt, negative_prompt=request.negative or None,
+                    num_inference_steps=request.steps, guidance_scale=request.cfg,
+                    height=request.size[1], width=request.size[0],
+                    generator=torch.Generator("cpu").manual_seed(request.seed),
+                    callback_on_step_end=self._step_callback(request.task, done, image_prompt, residuals),
+                    **task_kwargs, **control_kwargs, **prompt_kwargs)
         except _StopRequested:
             raise GenerationInterrupted(done[0], self._planned_steps(request)) from None
+        finally:
+            if nets is not None:
+                self.forwards["controlnet"] += nets.forward_calls - counted_before
         return result.images[0]
+
+    def _runs_as_adapter(self, kind: str) -> bool:
+        from portrait_core.hosts.diffusers_controls import ADAPTER_KINDS
+
+        return self._use_adapters and kind in ADAPTER_KINDS and self._adapter_path(kind) is not None
+
+    def _adapter_residuals(self, pipeline, controls: Sequence[Control], maps: Sequence[Image.Image]):
+        """The adapters' features for this call (each adapter runs here, once), added to the UNet while
+        the call runs; a do-nothing context when no control runs as an adapter."""
+        from contextlib import nullcontext
+
+        if not controls:
+            return nullcontext()
+        from portrait_core.hosts.diffusers_controls import AdapterResiduals
+
+        adapters = [(self._adapter(control.kind), control, control_map)
+                    for control, control_map in zip(controls, maps, strict=True)]
+        residuals = AdapterResiduals(pipeline.unet, adapters, lambda: pipeline.num_timesteps)
+        self.forwards["adapter"] += residuals.adapter_forwards
+        return residuals
 
     def _planned_steps(self, request: _Request) -> int:
         return max(1, int(request.steps * request.denoise)) if request.task == "inpaint" else request.steps
 
-    def _step_callback(self, text: str, done: list[int], image_prompt: Control | None = None):
+    def _step_callback(self, text: str, done: list[int], image_prompt: Control | None = None, residuals=None):
         scheduled = image_prompt is not None and (image_prompt.start > 0.0 or image_prompt.end < 1.0)
 
         def on_step_end(pipe, step_index, timestep, callback_kwargs):
             done[0] = step_index + 1
+            if hasattr(residuals, "step"):
+                residuals.step = done[0]
             self.progress(done[0], pipe.num_timesteps, text)
             if self._interrupt.is_set():
                 raise _StopRequested
@@ -389,6 +438,32 @@ class DiffusersHost:
                 return candidate
         return None
 
+    def _adapter_path(self, kind: str) -> Path | None:
+        if kind in self._adapter_paths:
+            return self._adapter_paths[kind]
+        for folder in (self.base_model, self.base_model.parent):
+            candidate = folder / f"t2iadapter-{kind}"
+            if (candidate / "config.json").is_file():
+                return candidate
+        return None
+
+    def _adapter(self, kind: str):
+        if kind not in self._adapters:
+            from diffusers import T2IAdapter
+
+            from portrait_core.hosts.diffusers_controls import check_adapter_fits
+
+            path = self._adapter_path(kind)
+            if path is None or not (path / "config.json").is_file():
+                raise ControlError(f"no T2I-Adapter for {kind!r}: put a diffusers T2I-Adapter folder at "
+                                   f"{self.base_model.parent / f't2iadapter-{kind}'} or pass t2i_adapters=")
+            components = self._load_components()
+            check_adapter_fits(kind, path, components.unet, self.base_model.name)
+            model = T2IAdapter.from_pretrained(str(path), local_files_only=True, torch_dtype=components.unet.dtype)
+            self._adapters[kind] = model.to(self.device).requires_grad_(False).eval()
+            self.load_count += 1
+        return self._adapters[kind]
+
     def _controlnet(self, kind: str):
         if kind not in self._controlnets:
             from diffusers import ControlNetModel
@@ -414,13 +489,17 @@ class DiffusersHost:
             class_name = PIPELINE_CLASSES[(components.family, task, bool(control_kinds))]
             kwargs = _pipeline_components(components)
             if control_kinds:
-                from diffusers.pipelines.controlnet import MultiControlNetModel
+                from portrait_core.hosts.diffusers_controls import WindowedControlNets
 
-                kwargs["controlnet"] = MultiControlNetModel([self._controlnet(k) for k in control_kinds])
+                kwargs["controlnet"] = WindowedControlNets([self._controlnet(k) for k in control_kinds])
             if image_prompt and self._ip_adapter is not None:
                 kwargs.update(self._ip_adapter.pipeline_modules())
             pipeline = getattr(diffusers, class_name)(**kwargs)
             pipeline.set_progress_bar_config(disable=True)
+            if task == "inpaint" and self.skip_unused_encode:
+                from portrait_core.hosts.diffusers_controls import skip_masked_image_encode
+
+                skip_masked_image_encode(pipeline)
             if image_prompt and self._ip_adapter is None:
                 self._ip_adapter = self._load_ip_adapter(pipeline)
             self._pipelines[key] = pipeline

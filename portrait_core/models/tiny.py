@@ -2,7 +2,7 @@
 
 They have the real shapes' *structure* (SD1.5: a UNet with cross-attention, an 8x-downscaling
 four-block VAE, a CLIP text encoder with the real tokenizer; SDXL: two text encoders and the
-text-time conditioning; ControlNets for canny, openpose, tile and color; IP-Adapters with a CLIP
+text-time conditioning; ControlNets for canny, openpose, tile and color; a colour T2I-Adapter; IP-Adapters with a CLIP
 vision encoder, in folders of their own) at a tiny width, with random weights drawn from a fixed seed.
 They draw noise-like pictures: they exercise every code path of the pipeline at CPU speed, not the
 look of a real model.
@@ -25,13 +25,14 @@ from portrait_core.models.tokenizer import END_TOKEN, write_tokenizer_files
 log = get_logger("tiny_sd")
 
 # Bump when anything below changes the weights or layout: old caches are then ignored.
-TINY_MODEL_VERSION = 1
+TINY_MODEL_VERSION = 2  # 2: t2iadapter-color/ beside the ControlNets
 TINY_IP_ADAPTER_VERSION = 1  # the IP-Adapter folders' own; they also depend on TINY_MODEL_VERSION's UNets
 IP_ADAPTER_FAMILIES = ("sd15", "sdxl")
 IMAGE_EMBED_DIM = 32  # the tiny CLIP vision encoder's projected image embedding
 IP_ADAPTER_TOKENS = 4  # a plain IP-Adapter turns the image embedding into 4 extra context tokens
 CONTROL_KINDS = ("canny", "openpose", "tile", "color")
 SDXL_CONTROL_KINDS = ("canny", "openpose")
+ADAPTER_KINDS = ("color",)  # T2I-Adapters, in t2iadapter-<kind>/ (the WebUI runs colour as t2iadapter_color_sd14v1)
 MARKER_FILE = "portrait_tiny_model.json"
 
 
@@ -164,6 +165,16 @@ def _controlnet(unet, seed: int, offset: int):
     return controlnet
 
 
+def _t2i_adapter(unet, seed: int, offset: int):
+    """A light T2I-Adapter (the colour adapter's architecture) whose features fit `unet`'s down blocks."""
+    from diffusers import T2IAdapter
+
+    _seeded(seed, offset)
+    widths = list(unet.config.block_out_channels)
+    return T2IAdapter(in_channels=3, channels=widths[:-1], num_res_blocks=1, downscale_factor=8,
+                      adapter_type="light_adapter")
+
+
 def _save_common(folder: Path, unet, vae, scheduler) -> None:
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
@@ -182,6 +193,8 @@ def _write_sd15(folder: Path, seed: int) -> None:
     write_tokenizer_files(folder / "tokenizer", pad_token=END_TOKEN)
     for offset, kind in enumerate(CONTROL_KINDS, start=20):
         _controlnet(unet, seed, offset).save_pretrained(folder / f"controlnet-{kind}", safe_serialization=True)
+    for offset, kind in enumerate(ADAPTER_KINDS, start=50):
+        _t2i_adapter(unet, seed, offset).save_pretrained(folder / f"t2iadapter-{kind}", safe_serialization=True)
     _write_model_index(folder, "StableDiffusionPipeline", text_encoders=1)
 
 

@@ -280,7 +280,7 @@ def _analyse_photo(path: Path, analyzer: FaceAnalyzer, options: PreprocessOption
 
 
 def _find_faces(analysis: _Analysis, photo: Photo, analyzer: FaceAnalyzer, options: PreprocessOptions) -> None:
-    faces = analyzer.detect(photo.pixels)
+    faces = analyzer.detect(photo.pixels, small_faces=False)  # a large face found: no tiled search for more
     if not faces:
         analysis.entry.reason = "no face found"
         return
