@@ -774,3 +774,13 @@ def test_an_uploaded_template_keeps_its_file_name_and_never_a_path(sent, shown):
 
     [(name, image)] = _uploaded_template(Image.new("RGB", (8, 8)), sent)
     assert name == shown and image.size == (8, 8)
+
+
+def test_the_report_says_which_kept_photos_had_their_small_face_super_resolved():
+    from portrait_core.adapters.ui.train import report_html
+
+    table = report_html({"photos": [{"file": "far.jpg", "kept": True, "enhanced": True},
+                                    {"file": "near.jpg", "kept": True, "enhanced": False}]})
+    rows = table.split("<tr")[2:]
+    assert "super-resolved" in rows[0] and "far.jpg" in rows[0]
+    assert "super-resolved" not in rows[1]

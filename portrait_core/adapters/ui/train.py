@@ -366,6 +366,8 @@ def _report_row(entry: dict, name: str, source: Path | None, *, reference: bool)
     thumbnail = thumbnail_data_uri(source) if source is not None else None
     image = f'<img class="portrait-thumb" src="{thumbnail}" alt="">' if thumbnail else ""
     verdict = ("kept (reference)" if reference else "kept") if entry.get("kept") else "rejected"
+    if entry.get("kept") and entry.get("enhanced"):
+        verdict += ", small face super-resolved"
     css = "portrait-kept" if entry.get("kept") else "portrait-rejected"
     cells = [image, html.escape(name), verdict, html.escape(entry.get("reason") or ""),
              _score(entry.get("identity_score")), _score(entry.get("frontal_score"))]
