@@ -101,11 +101,11 @@ class PortraitGenerator:
             template = Image.fromarray(to_rgb(template))
         faces = self.assign_faces(template, identities, params, template_name)
         first_seed = params.seed if params.seed >= 0 else random.randrange(2**31)  # noqa: S311 - a seed, not a secret
-        second = params.second_pass_denoise > 0 and int(params.second_pass_steps * params.second_pass_denoise) >= 1
-        passes = 1 + second
+        params, notes = self._controls_this_host_has(params)
+        passes = 1 + _runs_second_pass(params)
         self.host.progress(0, len(faces) * passes * params.batch, f"Portrait Studio: {template_name}")
-        results = [self._render(template, faces, params, seed=first_seed + offset, template_name=template_name)
-                   for offset in range(params.batch)]
+        results = [self._render(template, faces, params, seed=first_seed + offset, template_name=template_name,
+                                notes=list(notes)) for offset in range(params.batch)]
         return sorted(results, key=lambda result: -result.score)
 
     def assign_faces(self, template: Image.Image, identities: list[IdentityAssets], params: GenerateParams,
@@ -122,11 +122,9 @@ class PortraitGenerator:
         return [(faces[index], identity) for index, identity in zip(order, identities, strict=True)]
 
     def _render(self, template: Image.Image, faces: list[tuple[Face, IdentityAssets]], params: GenerateParams, *,
-                seed: int, template_name: str) -> PortraitResult:
+                seed: int, template_name: str, notes: list[str]) -> PortraitResult:
         started = time.perf_counter()
         timed = _TimedHost(self.host)
-        notes: list[str] = []
-        params = self._controls_this_host_has(params, notes)
         image = template.convert("RGB")
         for face, identity in faces:
             image = self._render_face(image, face, identity, params, seed=seed, host=timed, notes=notes)
@@ -136,20 +134,20 @@ class PortraitGenerator:
         return PortraitResult(image, template_name, seed, results, time.perf_counter() - started,
                               notes, timed.seconds)
 
-    def _controls_this_host_has(self, params: GenerateParams, notes: list[str]) -> GenerateParams:
+    def _controls_this_host_has(self, params: GenerateParams) -> tuple[GenerateParams, list[str]]:
         """The colour control is the one a portrait can do without: where the host has no colour model for
         its checkpoint's family (SDXL has none), it is left out with a note instead of refusing the portrait.
         Every other missing control still refuses, naming the file to install."""
         if params.color_weight <= 0 or "color" in self.host.controlnet_models():
-            return params
+            return params, []
         family = getattr(self.host, "family", None)  # both hosts know it; the protocol does not require it
         if family is None:
             current = self.host.current_checkpoint()
             family = current.family if current is not None else "sd15"
         why = ("no colour ControlNet or T2I-Adapter exists for SDXL" if family == "sdxl" else
                "no colour model is installed (t2iadapter_color_sd14v1 in the ControlNet models folder)")
-        notes.append(f"colour control left out: {why}; pass 1 ran with the other controls")
-        return params.copy(update={"color_weight": 0.0})
+        return (params.copy(update={"color_weight": 0.0}),
+                [f"colour control left out: {why}; pass 1 ran with the other controls"])
 
     def _render_face(self, image: Image.Image, face: Face, identity: IdentityAssets, params: GenerateParams, *,
                      seed: int, host: _TimedHost, notes: list[str]) -> Image.Image:
@@ -193,7 +191,7 @@ class PortraitGenerator:
 
     def _second_pass(self, image: Image.Image, points: np.ndarray, identity: IdentityAssets,
                      params: GenerateParams, *, seed: int, host: _TimedHost) -> Image.Image:
-        if params.second_pass_denoise <= 0 or int(params.second_pass_steps * params.second_pass_denoise) < 1:
+        if not _runs_second_pass(params):
             return image
         controls = [Control("canny", image, params.second_canny_weight), Control("tile", image, params.tile_weight)]
         ring = face_imaging.face_ring_mask(image.size, points=points)
@@ -273,6 +271,11 @@ class PortraitGenerator:
                 float(similarity(self.analyzer.embed(pixels, match), identity.centre)), 4)
             results.append(FaceResult(identity.id, face.box_list(), score))
         return results
+
+
+def _runs_second_pass(params: GenerateParams) -> bool:
+    """Pass 2 runs when its denoise leaves it at least one step."""
+    return params.second_pass_denoise > 0 and int(params.second_pass_steps * params.second_pass_denoise) >= 1
 
 
 def _face_at(faces: list[Face], point: np.ndarray) -> Face | None:

@@ -64,15 +64,6 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def analyzer():
-    from portrait_core.faces.embedded import EmbeddedFaceAnalyzer
-
-    analyzer = EmbeddedFaceAnalyzer()
-    yield analyzer
-    analyzer.unload()
-
-
-@pytest.fixture(scope="module")
 def portrait(astronaut) -> Image.Image:
     return astronaut.resize((256, 256), Image.LANCZOS)
 
@@ -89,17 +80,17 @@ def _check_only_the_face_changed(before: Image.Image, after: Image.Image, face) 
 
 
 @pytest.mark.parametrize("remove_first", [False, True], ids=["codeformer", "gfpgan"])
-def test_a_restorer_from_the_models_folder_changes_only_the_face(models_dir, analyzer, portrait, remove_first,
+def test_a_restorer_from_the_models_folder_changes_only_the_face(models_dir, embedded, portrait, remove_first,
                                                                  tmp_path):
     folder = models_dir
     if remove_first:  # CodeFormer is preferred when both are there: a folder with GFPGAN only
         folder = tmp_path / "models"
         (folder / "GFPGAN").mkdir(parents=True)
         (folder / "GFPGAN" / "GFPGANv1.4.pth").symlink_to(models_dir / "GFPGAN" / "GFPGANv1.4.pth")
-    restorer = FaceRestorer(_test_registry(folder), faces=analyzer.detect)
+    restorer = FaceRestorer(_test_registry(folder), faces=embedded.detect)
     found = restorer.find()
     assert found.architecture == ("GFPGAN" if remove_first else "CodeFormer")
-    faces = analyzer.detect(np.asarray(portrait))
+    faces = embedded.detect(np.asarray(portrait))
     assert len(faces) == 1
     if remove_first:  # through the standalone host, as the workflow's `restore` op runs it
         host = DiffusersHost(Path("no-model-needed"), face_restorer=restorer)
@@ -125,14 +116,14 @@ def test_without_a_model_the_standalone_host_says_which_file_to_put_where(tmp_pa
     assert "github.com/sczhou/CodeFormer" in message
 
 
-def test_a_file_of_another_kind_is_refused_naming_it(tmp_path, portrait, analyzer):
+def test_a_file_of_another_kind_is_refused_naming_it(tmp_path, portrait, embedded):
     import torch
 
     bogus = tmp_path / "codeformer" / "codeformer-v0.1.0.pth"
     bogus.parent.mkdir(parents=True)
     torch.save({"params_ema": {"conv.weight": torch.zeros(3, 3, 3, 3)}}, bogus)
     with pytest.raises(ModelUnavailableError, match="codeformer-v0.1.0.pth is not a model spandrel can load"):
-        FaceRestorer(_test_registry(tmp_path), faces=analyzer.detect).restore(portrait)
+        FaceRestorer(_test_registry(tmp_path), faces=embedded.detect).restore(portrait)
 
 
 def test_spandrel_imports_without_leaving_a_stand_in_torchvision_behind():
