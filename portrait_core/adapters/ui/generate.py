@@ -176,7 +176,6 @@ def _results_panel(backend: UiBackend) -> dict:
 def _connect_generate_events(w: GenerateTab) -> None:
     handlers = w.handlers
     # A list, not a set: the page's script fills the first two values (task id, uploaded file's name).
-    handlers.form_order = [*w.faces, w.source, w.selected_template, w.upload, w.batch, *w.advanced.values()]
     w.generate.click(handlers.generate_from_page, _js=SUBMIT_JS,
                      inputs=[w.task_id, w.upload_name, *handlers.form_order],
                      outputs=[w.results, w.infotext, w.infotexts, w.message])
@@ -197,6 +196,8 @@ class GenerateHandlers:
 
     def __init__(self, backend: UiBackend, widgets: GenerateTab):
         self.backend, self.w = backend, widgets
+        w = widgets  # the form's fields in the order Generate sends them, after the task id and upload name
+        self.form_order = [*w.faces, w.source, w.selected_template, w.upload, w.batch, *w.advanced.values()]
         self._running = 0  # generations under way, from every page: Interrupt only asks the host then
         self._running_lock = threading.Lock()
 
