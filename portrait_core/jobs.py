@@ -32,7 +32,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Protocol, Sequence
 
 from portrait_core.errors import PortraitError
 from portrait_core.log import get_logger
@@ -154,16 +154,31 @@ def _identity_list(identities: Sequence[str] | str) -> list[str]:
     return [identities] if isinstance(identities, str) else list(identities)
 
 
+class TrainerTurn(Protocol):
+    """A training's turn on the host's GPU, while its trainer runs (see JobRunner's `trainer_turn`)."""
+
+    def progress(self, step: int, total: int, text: str) -> None:
+        """The trainer's last reported step, `total` steps planned (0: not known yet)."""
+
+    def interrupted(self) -> bool:
+        """The host's own Interrupt was pressed: the training stops as a cancel does."""
+
+
 class JobRunner:
     """Runs queued jobs one at a time on a worker thread. Thread-safe; poll with `get()`.
 
+    `trainer_turn(job)`, when given, is a context manager held around each trainer process (inside the
+    WebUI: the WebUI's queue and progress, so its top bar, console and Interrupt follow the training); it
+    yields a TrainerTurn (or None) that the runner keeps up to date from the trainer's progress file.
     `quarantined` lists the job files that could not be read at start-up (moved to `quarantine/`)."""
 
-    def __init__(self, jobs_dir: Path, *, python: str = sys.executable, use_accelerate: bool = True):
+    def __init__(self, jobs_dir: Path, *, python: str = sys.executable, use_accelerate: bool = True,
+                 trainer_turn: Callable[[Job], ContextManager[TrainerTurn | None]] | None = None):
         self.jobs_dir = Path(jobs_dir)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._python = python
         self._use_accelerate = use_accelerate
+        self._trainer_turn = trainer_turn
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
@@ -377,8 +392,11 @@ class JobRunner:
             raise TrainerFolderBusyError(output_dir / TRAINER_LOCK_FILE)
         stderr_path = output_dir / "trainer.log"
         log_start = stderr_path.stat().st_size if stderr_path.is_file() else 0
+        returncode = None
         try:
-            returncode = self._spawn_and_wait(job, stderr_path, lock_fd)
+            with self._trainer_turn(job) if self._trainer_turn else contextlib.nullcontext() as turn:
+                if not (self._closed or job.id in self._cancel_requested):  # asked while waiting for the turn
+                    returncode = self._spawn_and_wait(job, stderr_path, lock_fd, turn)
         finally:
             os.close(lock_fd)  # the trainer holds its own copy for as long as it lives
         with self._lock:
@@ -386,7 +404,7 @@ class JobRunner:
             job.trainer = None
             self._settle(job, returncode, read_log_from(stderr_path, log_start))
 
-    def _spawn_and_wait(self, job: Job, stderr_path: Path, lock_fd: int) -> int:
+    def _spawn_and_wait(self, job: Job, stderr_path: Path, lock_fd: int, turn: TrainerTurn | None) -> int:
         token = f"{job.id}-{uuid.uuid4().hex[:8]}"
         job.trainer = {"token": token, "started": time.time(), "pid": None, "pgid": None}
         self._save_or_log(job)  # before the start: a crash right after it still leaves the token to find
@@ -400,7 +418,16 @@ class JobRunner:
                     job.trainer.update(pid=process.pid, pgid=process.pid)
                     self._save_or_log(job)
                 _write_lock_owner(lock_fd, process.pid)
-                return _wait_with_grace(process, lambda: job.id in self._cancel_requested or self._closed)
+                follow = _TurnFollower(job, turn) if turn is not None else None
+
+                def should_stop() -> bool:
+                    if follow is not None and follow() and job.id not in self._cancel_requested:
+                        log.info("job %s: interrupted by the host", job.id)
+                        with self._lock:
+                            self._cancel_requested.add(job.id)
+                    return job.id in self._cancel_requested or self._closed
+
+                return _wait_with_grace(process, should_stop)
             except BaseException:
                 _signal_group(process.pid, signal.SIGKILL)  # never leave a trainer nobody follows
                 process.wait()
@@ -543,6 +570,28 @@ class TaskContext:
 
 
 # ---- trainer processes -------------------------------------------------------------------------
+
+class _TurnFollower:
+    """Passes a running trainer's progress file on to its TrainerTurn (at most once a second); each call
+    answers whether the host asked the training to stop."""
+
+    def __init__(self, job: Job, turn: TrainerTurn):
+        self._path = Path(job.output_dir) / "progress.jsonl"
+        self._title = f"Portrait Studio: training {job.identity}"
+        self._turn = turn
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 1.0
+            latest = read_last_progress(self._path)
+            phase = latest.get("phase", "starting")
+            training = phase not in SETUP_PHASES and isinstance(latest.get("total"), int)
+            step, total = (int(latest.get("step") or 0), latest["total"]) if training else (0, 0)
+            self._turn.progress(step, total, f"{self._title} ({phase})")
+        return self._turn.interrupted()
+
 
 def _wait_with_grace(process: subprocess.Popen, should_stop) -> int:
     """Wait for the process; once `should_stop()`, SIGTERM its group, then SIGKILL after the grace period."""

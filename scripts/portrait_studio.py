@@ -97,6 +97,10 @@ def settings_options() -> dict[str, shared.OptionInfo]:
         "portrait_offline": shared.OptionInfo(
             False, "Offline mode: never download models", onchange=apply_configuration, **placement,
         ).info("--portrait-offline turns it on regardless"),
+        "portrait_training_takes_queue": shared.OptionInfo(
+            True, "A training runs as one of the WebUI's jobs", **placement,
+        ).info("the top progress bar, console and Interrupt follow it and the checkpoint waits in RAM; "
+               "other generations wait until it ends. Off: they run beside it (needs memory for both)"),
     }
 
 
@@ -125,7 +129,8 @@ def services():
         _runtime["services"] = PortraitServices.create(
             Workspace.from_settings(config.settings()), WebUIHost, in_webui=True,
             # Settings → Portrait Studio → Default base checkpoint; empty: the one selected in the WebUI.
-            default_checkpoint=lambda: saved_option("portrait_base_checkpoint") or None)
+            default_checkpoint=lambda: saved_option("portrait_base_checkpoint") or None,
+            trainings_take_turn=lambda: bool(saved_option("portrait_training_takes_queue", True)))
     return _runtime["services"]
 
 

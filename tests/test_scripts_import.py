@@ -22,6 +22,7 @@ PORTRAIT_OPTIONS = {
     "portrait_codeformer_fidelity": 0.7,
     "portrait_templates_dir": "",
     "portrait_offline": False,
+    "portrait_training_takes_queue": True,
 }
 
 

@@ -363,6 +363,27 @@ class WebUIHost:
                 progress.finish_task(task)
 
     @contextmanager
+    def training_turn(self, task: str) -> Iterator[WebUITrainingTurn]:
+        """A training's turn: the WebUI's queue and shared.state for as long as its trainer runs, as one of
+        the WebUI's own jobs. Its top progress bar (for `task`, a "task(...)" id), /sdapi/v1/progress and
+        the console's "Total progress" follow the training; Interrupt stops it. The loaded checkpoint waits
+        in RAM meanwhile (what /sdapi/v1/unload-checkpoint does), so the trainer has the GPU's memory; it
+        goes back to the GPU afterwards. Other generations wait in the WebUI's queue until the turn ends."""
+        from modules import sd_models
+
+        with self.session(task):
+            model = sd_models.model_data.sd_model  # never `shared.sd_model`: that would load one
+            if model is not None:
+                sd_models.unload_model_weights(model)
+            turn = WebUITrainingTurn(self)
+            try:
+                yield turn
+            finally:
+                turn.close()
+                if model is not None and sd_models.model_data.sd_model is model:
+                    sd_models.send_model_to_device(model)
+
+    @contextmanager
     def _active(self, session: HostSession) -> Iterator[None]:
         self._local.session = session
         session._set_active(True)
@@ -598,6 +619,38 @@ class WebUIHost:
 
 
 # ---- module helpers (no state) ---------------------------------------------------------------------------
+class WebUITrainingTurn:
+    """What a running training tells the WebUI (see `WebUIHost.training_turn`): its steps as the job's
+    progress (job_no of job_count, as the top bar and /sdapi/v1/progress read them) and on the console's
+    total bar, one tick per step."""
+
+    def __init__(self, host: WebUIHost):
+        self._host = host
+        self._ticked = 0
+
+    def progress(self, step: int, total: int, text: str) -> None:
+        from modules import shared
+
+        self._host.progress(step, total, text)
+        tqdm = getattr(shared, "total_tqdm", None)
+        if tqdm is None or total <= 0:
+            return
+        tqdm.updateTotal(total)
+        while self._ticked < step:
+            tqdm.update()
+            self._ticked += 1
+
+    def interrupted(self) -> bool:
+        return self._host.interrupted()
+
+    def close(self) -> None:
+        from modules import shared
+
+        tqdm = getattr(shared, "total_tqdm", None)
+        if tqdm is not None:
+            tqdm.clear()
+
+
 TASK_ID = re.compile(r"task\([A-Za-z0-9_-]{1,64}\)")  # what the WebUI's pages send as a task id
 
 

@@ -7,13 +7,14 @@ between the door a user clicked and the one a script called.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from portrait_core.hosts.base import Host
-from portrait_core.jobs import JobRunner
+from portrait_core.jobs import Job, JobRunner
 from portrait_core.services.generation import GenerationService
 from portrait_core.services.identities import IdentityService
 from portrait_core.services.training import TrainingService, standalone_base_model
@@ -55,12 +56,15 @@ class PortraitServices:
     def create(cls, workspace: Workspace, host: Callable[[], Host], *, in_webui: bool = False,
                runner: JobRunner | None = None, analyzer=None,
                default_checkpoint: Callable[[], str | None] | None = None,
-               prepare_upscaler=None) -> PortraitServices:
+               prepare_upscaler=None, trainings_take_turn: Callable[[], bool] | None = None) -> PortraitServices:
         """`host()` builds the host (called once, on first use); `default_checkpoint()` names the checkpoint a
         training without `base_model` uses (None or "": the host's current one); `prepare_upscaler` is the
-        super-resolution photo preparation uses on small faces (None: they are rejected as too small)."""
-        runner = runner or JobRunner(workspace.jobs)
+        super-resolution photo preparation uses on small faces (None: they are rejected as too small);
+        `trainings_take_turn()`, asked at each training's start, true: the training runs as the host's own
+        job (`host.training_turn`: the WebUI's queue, progress bar and Interrupt)."""
         lazy = host if isinstance(host, LazyHost) else LazyHost(host)
+        turn = _training_turn(lazy, trainings_take_turn) if trainings_take_turn is not None else None
+        runner = runner or JobRunner(workspace.jobs, trainer_turn=turn)
         identities = IdentityService(workspace, runner, gpu_session=lambda job: lazy().session(job),
                                      upscaler=prepare_upscaler)
         generation = GenerationService(workspace, identities, runner, lazy, analyzer=analyzer)
@@ -72,6 +76,18 @@ class PortraitServices:
     def close(self) -> None:
         """Stop the job runner (a running training is stopped and resumes from its checkpoint next start)."""
         self.runner.close()
+
+
+def training_task_id(job_id: str) -> str:
+    """The WebUI task id of a training's turn: a page polls the WebUI's progress with it."""
+    return f"task(portrait-train-{job_id})"
+
+
+def _training_turn(host: LazyHost, wanted: Callable[[], bool]):
+    def turn(job: Job):
+        return host().training_turn(training_task_id(job.id)) if wanted() else contextlib.nullcontext()
+
+    return turn
 
 
 def standalone_services(workspace: Workspace | None = None, base_model: Path | str | None = None, *,

@@ -60,3 +60,37 @@ def select_checkpoint():
         raise FileNotFoundError(f"No checkpoints found. When searching for checkpoints, looked at:\n - directory "
                                 f"{model_path}Can't run without a checkpoint.")
     return next(iter(checkpoints_list.values()))
+
+
+class SdModelData:
+    """The real holder of the loaded model: `sd_model` is None until a model is loaded (the double loads
+    none; a test may put one there). Reading `shared.sd_model` in the real WebUI loads one on demand."""
+
+    def __init__(self):
+        self.sd_model = None
+        self.loaded_sd_models = []
+        self.was_loaded_at_least_once = False
+
+
+model_data = SdModelData()
+
+
+def send_model_to_cpu(m):
+    """As the real one for a model without --lowvram/--medvram: to the CPU (then the real one frees the
+    GPU's cache)."""
+    if m is not None:
+        m.to("cpu")
+
+
+def send_model_to_device(m):
+    from modules import shared
+
+    m.to(shared.device)
+
+
+def unload_model_weights(sd_model=None, info=None):
+    """The real one (what /sdapi/v1/unload-checkpoint calls): the model to RAM, nothing freed."""
+    from modules import shared
+
+    send_model_to_cpu(sd_model or shared.sd_model)
+    return sd_model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from modules import options, shared_cmd_options
 from modules.paths_internal import data_path, extensions_dir, models_path, script_path  # noqa: F401
 
@@ -31,5 +33,9 @@ def refresh_checkpoints():
 # Set at start-up like the real ones: `state` by shared_init.initialize(), `face_restorers` by the
 # CodeFormer / GFPGAN setup_model() calls, `sd_upscalers` by modelloader.load_upscalers().
 state = None
+total_tqdm = None
+device = "cpu"  # the real one: devices.device, set at start-up
+sd_model = None  # the real one is a property that loads a model on demand; the double loads none
+progress_print_out = sys.stdout
 face_restorers = []
 sd_upscalers = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modules import options, shared, shared_options, shared_state
+from modules import options, shared, shared_options, shared_state, shared_total_tqdm
 
 
 def initialize():
@@ -10,3 +10,4 @@ def initialize():
     shared.opts = options.Options(dict(shared_options.options_templates), shared.restricted_opts)
     shared.opts.load(shared.config_filename)
     shared.state = shared_state.State()
+    shared.total_tqdm = shared_total_tqdm.TotalTQDM()
