@@ -56,7 +56,7 @@ class Checkpoint:
 
 @pytest.fixture
 def webui(tmp_path):
-    with webui_started(tmp_path / "webui") as started:
+    with webui_started(tmp_path / "webui"):
         from modules import sd_models, shared
 
         shared.device = "cuda"

@@ -30,4 +30,5 @@ parser.add_argument("--codeformer-models-path", type=normalized_filepath,
 parser.add_argument("--gfpgan-models-path", type=normalized_filepath, default=str(Path(models_path) / "GFPGAN"))
 parser.add_argument("--realesrgan-models-path", type=normalized_filepath,
                     default=str(Path(models_path) / "RealESRGAN"))
-parser.add_argument("--disable-console-progressbars", action="store_true", help="do not output progressbars to console", default=False)
+parser.add_argument("--disable-console-progressbars", action="store_true", default=False,
+                    help="do not output progressbars to console")

@@ -31,5 +31,6 @@ options_templates = {
     "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
     "show_progress_type": OptionInfo("Approx NN", "Live preview method"),
     "enable_pnginfo": OptionInfo(True, "Write infotext to metadata of the generated image"),
-    "multiple_tqdm": OptionInfo(True, "Add a second progress bar to the console that shows progress for an entire job."),
+    "multiple_tqdm": OptionInfo(True, "Add a second progress bar to the console that shows progress for an entire "
+                                      "job."),
 }

@@ -28,7 +28,7 @@ class TotalTQDM:
             self.reset()
         self._tqdm.update()
 
-    def updateTotal(self, new_total):  # noqa: N802 - the real name
+    def updateTotal(self, new_total):
         if not self._enabled():
             return
         if self._tqdm is None:
