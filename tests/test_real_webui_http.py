@@ -114,3 +114,37 @@ def test_a_sampler_the_webui_lacks_is_refused_before_anything_runs(webui, shared
         "params": {"identities": ["qa-default"], "sampler": "PNDM"}, "templates": [{"name": "b.jpg",
                                                                                    "data": template}]})
     assert status == 422 and "'PNDM' is not offered by this host" in str(answer)
+
+
+def test_a_training_is_one_of_the_webuis_jobs_and_its_interrupt_stops_it(webui, shared_faces_dir):
+    """/sdapi/v1/progress (what the top bar and API clients read) follows the training's steps under the
+    training's task id; the WebUI's Interrupt cancels it; the console's total bar counted its steps."""
+    photos = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()}
+              for p in sorted(shared_faces_dir.glob("obama*.jpg"))[:3]]
+    name = f"qa-turn-{os.getpid()}-{int(time.time())}"  # a first training: no earlier LoRA
+    params = {"identity": name, "max_train_steps": 60, "resolution": 64, "validate_every": 30, "rank": 4,
+              "gradient_accumulation": 1, "base_model": STAND_IN}
+    status, started = call(webui, "POST", "/sdapi/v1/portrait/train", {"params": params, "photos": photos})
+    assert status == 200, started
+    job_id = started["job_id"]
+    seen = []
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        _, answer = call(webui, "GET", "/sdapi/v1/progress?skip_current_image=true")
+        seen.append(answer)
+        if answer["state"]["job_no"] >= 3:
+            break
+        time.sleep(1)
+    latest = seen[-1]
+    assert latest["state"]["job"] == f"task(portrait-train-{job_id})", latest
+    assert latest["state"]["job_count"] == 60 and latest["progress"] >= 3 / 60, latest
+    assert latest["textinfo"] == f"Portrait Studio: training {name} (training)", latest
+    status, _ = call(webui, "POST", "/sdapi/v1/interrupt")
+    assert status == 200
+    assert wait_for(webui, job_id, timeout=120)["state"] == "cancelled"
+    log = re.sub(r"\x1b\[[0-9;]*m", "", webui["log"].read_text(errors="replace"))
+    assert re.search(r"Total progress: +\d+%\|.*\| [1-9]\d*/60 ", log), "the console's total bar never counted steps"
+    _, listing = call(webui, "GET", "/sdapi/v1/portrait/identities")
+    [identity] = [entry for entry in listing["identities"] if entry["id"] == name]
+    assert identity["has_lora"] is False, "an interrupted first training left a LoRA"
+    call(webui, "DELETE", f"/sdapi/v1/portrait/identities/{name}")
