@@ -1,9 +1,10 @@
 """Portrait speed on the tiny model: before/after the lean control path, control forwards, scoring, cold/warm.
 
 Prints, side by side in one run (interleaved repetitions, min and median):
-1. a warm portrait at the defaults, before (the colour control on a ControlNet at every step, the masked
-   image VAE-encoded, the result searched for faces once per face) and after (the colour T2I-Adapter run
-   once, no unused encode, one search per result), and after with earlier control windows (canny and
+1. a warm portrait at the defaults, before (the colour control on a ControlNet at every step, each
+   ControlNet embedding its control image at every step, the masked image VAE-encoded, the result
+   searched for faces once per face) and after (the colour T2I-Adapter run once, each control image
+   embedded once per call, no unused encode, one search per result), and after with earlier control windows (canny and
    colour end at 0.5); target after >= 1.2x faster than before;
 2. the ControlNet and adapter forwards each of those portraits runs;
 3. identity scoring of a result with 1, 2, 3 faces: one face search per face (before) against one per
@@ -97,6 +98,7 @@ def portrait_setups(root: Path, analyzer):
 
     before_host = DiffusersHost(ensure_tiny_sd15(), lora_dir=root, color_adapter=False)
     before_host.skip_unused_encode = False  # diffusers' own inpaint: the masked image is encoded
+    before_host.cache_control_embeddings = False  # and every ControlNet embeds its control image at every step
     after_host = DiffusersHost(ensure_tiny_sd15(), lora_dir=root)
     return [("before", GeneratorBefore(before_host, analyzer), {}),
             ("after", PortraitGenerator(after_host, analyzer), {}),

@@ -83,10 +83,15 @@ def sdxl_webui(sdxl_identity, tmp_path_factory):
     _tool(["./launch.sh", "--nowebui", "--api-auth", ":".join(AUTH), "--log", str(log), "--wait"], env)
     webui = {"env": env, "log": log, "url": f"http://127.0.0.1:{PORT}"}
     try:
+        # The WebUI loads its selected checkpoint at start in a thread of its own; switching while that runs
+        # fails inside the WebUI ("Cannot copy out of meta tensor"). reload-checkpoint waits for it.
+        assert call(webui, "POST", "/sdapi/v1/reload-checkpoint")[0] == 200
         _, before = call(webui, "GET", "/sdapi/v1/options")
         status, _ = call(webui, "POST", "/sdapi/v1/options", {"sd_model_checkpoint": CHECKPOINT,
                                                               "lora_functional": True})
         assert status == 200
+        _, now = call(webui, "GET", "/sdapi/v1/options")
+        assert now["sd_model_checkpoint"].startswith(CHECKPOINT), now["sd_model_checkpoint"]
         try:
             yield webui
         finally:

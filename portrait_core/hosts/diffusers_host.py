@@ -115,6 +115,7 @@ class DiffusersHost:
     """
 
     skip_unused_encode = True  # False: diffusers' own inpaint (encodes the masked image); the benchmark's baseline
+    cache_control_embeddings = True  # False: each ControlNet embeds its control image at every step (diffusers')
 
     def __init__(self, base_model: Path, *, controlnets: dict[str, Path] | None = None,
                  t2i_adapters: dict[str, Path] | None = None, color_adapter: bool = True,
@@ -491,7 +492,8 @@ class DiffusersHost:
             if control_kinds:
                 from portrait_core.hosts.diffusers_controls import WindowedControlNets
 
-                kwargs["controlnet"] = WindowedControlNets([self._controlnet(k) for k in control_kinds])
+                kwargs["controlnet"] = WindowedControlNets([self._controlnet(k) for k in control_kinds],
+                                                           cache=self.cache_control_embeddings)
             if image_prompt and self._ip_adapter is not None:
                 kwargs.update(self._ip_adapter.pipeline_modules())
             pipeline = getattr(diffusers, class_name)(**kwargs)

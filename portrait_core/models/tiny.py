@@ -25,7 +25,7 @@ from portrait_core.models.tokenizer import END_TOKEN, write_tokenizer_files
 log = get_logger("tiny_sd")
 
 # Bump when anything below changes the weights or layout: old caches are then ignored.
-TINY_MODEL_VERSION = 2  # 2: t2iadapter-color/ beside the ControlNets
+TINY_MODEL_VERSION = 3  # 2: t2iadapter-color/ beside the ControlNets; 3: control images reach the ControlNets
 TINY_IP_ADAPTER_VERSION = 1  # the IP-Adapter folders' own; they also depend on TINY_MODEL_VERSION's UNets
 IP_ADAPTER_FAMILIES = ("sd15", "sdxl")
 IMAGE_EMBED_DIM = 32  # the tiny CLIP vision encoder's projected image embedding
@@ -157,10 +157,12 @@ def _controlnet(unet, seed: int, offset: int):
     _seeded(seed, offset)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
     # A real ControlNet starts with zero output convolutions and learns them; an untrained tiny one
-    # gets small random ones instead, so that each control visibly steers the result.
+    # gets small random ones instead, so that each control visibly steers the result. That includes the
+    # conditioning embedding's last convolution: zero, the control image would never reach the network.
+    zero_at_start = ("zero_conv", "controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
     with torch.no_grad():
         for name, parameter in controlnet.named_parameters():
-            if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
+            if any(part in name for part in zero_at_start):
                 parameter.normal_(0.0, 0.05)
     return controlnet
 

@@ -150,19 +150,50 @@ def test_a_controlnet_stops_running_after_its_window(tiny_sd15, portrait, face_m
     assert color_calls[0] == sum(window_keeps(0.25, 1.0, steps)) < steps
 
 
+def _record_residuals(net) -> list[torch.Tensor]:
+    """The first (full-size) down-block residual a ControlNet hands the UNet, at every forward."""
+    seen = []
+    net.register_forward_hook(lambda _module, _args, output: seen.append(output[0][0].detach().clone()))
+    return seen
+
+
+def test_each_controlnet_embeds_its_control_image_once_per_call_and_its_residuals_stay_the_same(
+        tiny_sd15, portrait, face_mask):
+    cached, uncached = DiffusersHost(tiny_sd15), DiffusersHost(tiny_sd15)
+    uncached.cache_control_embeddings = False
+    flipped = portrait.transpose(Image.FLIP_LEFT_RIGHT)
+    calls = [[Control("canny", image, 0.5), Control("openpose", image, 0.5, preprocessed=True)]
+             for image in (portrait, flipped)]
+    for host in (cached, uncached):
+        _inpaint(host, portrait, face_mask, calls[0])  # loads the networks
+    embeds = {kind: _count_forwards(cached._controlnet(kind).controlnet_cond_embedding.conv_in)
+              for kind in ("canny", "openpose")}
+    forwards = _count_forwards(cached._controlnet("canny"))
+    ours, theirs = _record_residuals(cached._controlnet("canny")), _record_residuals(uncached._controlnet("canny"))
+    images = [(_inpaint(cached, portrait, face_mask, controls), _inpaint(uncached, portrait, face_mask, controls))
+              for controls in calls]
+    steps = int(STEPS * DENOISE)
+    assert forwards[0] == 2 * steps and embeds["canny"][0] == embeds["openpose"][0] == 2
+    assert len(ours) == len(theirs) == 2 * steps
+    assert all(torch.equal(mine, reference) for mine, reference in zip(ours, theirs, strict=True))
+    assert not torch.equal(ours[0], ours[steps]), "the second call's new control image was not embedded again"
+    for mine, reference in images:
+        assert np.array_equal(_pixels(mine), _pixels(reference))
+
+
 @pytest.mark.parametrize("canny_end", [1.0, 0.5])
 def test_skipped_forwards_and_the_skipped_encode_leave_the_image_as_diffusers_makes_it(
         tiny_sd15, reference_parts, portrait, face_mask, canny_end):
     """Against diffusers' pipeline, which runs every ControlNet at every step (scale 0 outside its window)
     and VAE-encodes the masked image."""
-    from diffusers import StableDiffusionControlNetInpaintPipeline
+    from diffusers import ControlNetModel, StableDiffusionControlNetInpaintPipeline
     from diffusers.pipelines.controlnet import MultiControlNetModel
 
     host = DiffusersHost(tiny_sd15, color_adapter=False)
     ours = _inpaint(host, portrait, face_mask, [Control("canny", portrait, 0.5, end=canny_end),
                                                 Control("color", portrait, 0.85)])
     parts = reference_parts
-    colour_net = host._controlnet("color")  # the same weights as the folder's
+    colour_net = ControlNetModel.from_pretrained(str(tiny_sd15 / "controlnet-color"), local_files_only=True)
     pipeline = StableDiffusionControlNetInpaintPipeline(
         **{**parts["components"], "scheduler": parts["scheduler"]},
         controlnet=MultiControlNetModel([parts["canny"], colour_net]), requires_safety_checker=False)

@@ -83,3 +83,26 @@ def test_build_needs_no_network(monkeypatch, tmp_path):
 @pytest.mark.parametrize("kind", ["canny", "openpose"])
 def test_sdxl_controlnets_exist(tiny_sdxl, kind):
     assert (tiny_sdxl / f"controlnet-{kind}" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_every_controlnet_answers_its_control_image(request, family):
+    """An untrained ControlNet's last conditioning convolution is zero: the tiny ones must not be, or no test
+    of a control could tell one control image from another."""
+    from diffusers import ControlNetModel
+
+    folder = request.getfixturevalue(f"tiny_{family}")
+    for path in sorted(folder.glob("controlnet-*")):
+        net = ControlNetModel.from_pretrained(str(path), local_files_only=True).eval()
+        generator = torch.Generator().manual_seed(0)
+        latents = torch.randn(1, 4, 8, 8, generator=generator)
+        context = torch.randn(1, 77, net.config.cross_attention_dim, generator=generator)
+        extra = {}
+        if net.config.addition_embed_type == "text_time":
+            extra["added_cond_kwargs"] = {"text_embeds": torch.zeros(1, net.config.projection_class_embeddings_input_dim
+                                                                     - 6 * net.config.addition_time_embed_dim),
+                                          "time_ids": torch.zeros(1, 6)}
+        with torch.no_grad():
+            residuals = [net(latents, 10, encoder_hidden_states=context, controlnet_cond=image, return_dict=False,
+                             **extra)[0][0] for image in (torch.zeros(1, 3, 64, 64), torch.ones(1, 3, 64, 64))]
+        assert not torch.equal(*residuals), f"{path.name} ignores its control image"
