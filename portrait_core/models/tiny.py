@@ -159,7 +159,8 @@ def _controlnet(unet, seed: int, offset: int):
     # A real ControlNet starts with zero output convolutions and learns them; an untrained tiny one
     # gets small random ones instead, so that each control visibly steers the result. That includes the
     # conditioning embedding's last convolution: zero, the control image would never reach the network.
-    zero_at_start = ("zero_conv", "controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+    zero_at_start = ("zero_conv", "controlnet_down_blocks", "controlnet_mid_block",
+                     "controlnet_cond_embedding.conv_out")
     with torch.no_grad():
         for name, parameter in controlnet.named_parameters():
             if any(part in name for part in zero_at_start):
