@@ -1,27 +1,59 @@
-"""Training speed: our trainer's step (cached latents) against a plain loop that encodes every step.
+"""Training speed: our trainer against diffusers' own DreamBooth-LoRA example, side by side in one run.
 
-Both variants run the same tiny SD1.5 model, data, LoRA rank and number of steps, each in its own
-subprocess so that peak memory (max RSS) is measured per variant. Prints a table and the ratio.
+    .venv/bin/python bench/bench_training.py --reference DIR/train_dreambooth_lora.py [--resolutions 64,256,512]
+        [--steps 12] [--repeats 3] [--photos DIR]
 
-    .venv/bin/python bench/bench_training.py [--resolution 256] [--steps 30] [--images 5]
+Both trainers are launched as they are used: our product trainer (`-m portrait_core.training.trainer`)
+and the example script (diffusers v0.31.0 `examples/dreambooth/train_dreambooth_lora.py`, kept outside
+this project), each in a fresh process on the same tiny SD1.5 folder, the same photos, batch 1, no
+gradient accumulation, LoRA rank 8 on the UNet's attention and the text encoder, constant lr 1e-4,
+float32, centre crop, seed 0. `step_clock.py` records the wall and CPU clocks after every optimizer step
+of either process (torch's own global optimizer hook: neither script is changed). Runs alternate
+(ours, example, then example, ours, ...) so that load from elsewhere hurts both alike; every figure is
+given as min / median of the repetitions, and the ratios (example ÷ ours: above 1 means ours is faster)
+compare the two in the same run.
+
+    launch -> 1st step   from starting the process to the end of the first optimizer step
+    s / step, CPU s / step  over steps 2..N (the first step's one-off work is in the launch figure)
+
+Without `--reference` only our trainer is measured and the comparison is reported as skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+COMPAT = BENCH / "reference_compat"
 sys.path.insert(0, str(REPO_ROOT))
 
+RANK = 8
+PROMPT = "a photo of person"
 
-def make_dataset(folder: Path, count: int) -> Path:
+
+@dataclass
+class Run:
+    trainer: str
+    resolution: int
+    launch_s: float
+    s_per_step: float
+    cpu_per_step: float
+    peak_rss_mb: float
+    note: str = ""
+
+
+def make_photos(folder: Path, count: int) -> Path:
+    """`count` 512 px portraits (skimage's astronaut, turned a little each time)."""
     from PIL import Image
     from skimage import data
 
@@ -32,89 +64,149 @@ def make_dataset(folder: Path, count: int) -> Path:
     return folder
 
 
-def run_variant(variant: str, resolution: int, steps: int, images: int) -> dict:
-    import torch
-
-    from portrait_core.models.tiny import ensure_tiny_sd15
-    from portrait_core.training.loop import build_setup, train_one_step
-    from portrait_core.training.trainer import parse_args
-
-    torch.set_num_threads(2)
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    dataset = make_dataset(work / "data", images)
-    args = parse_args(["--base-model", str(ensure_tiny_sd15()), "--dataset", str(dataset),
-                       "--output-dir", str(work / "out"), "--resolution", str(resolution),
-                       "--grad-accum", "1", "--rank", "8", "--alpha", "4"])
-    setup = build_setup(args)
-    generator = torch.Generator().manual_seed(0)
-    step = train_one_step if variant == "ours" else reference_step(setup, dataset, resolution)
-    step(setup, args, generator)  # warm-up
-    started = time.perf_counter()
-    for _ in range(steps):
-        step(setup, args, generator)
-    seconds = time.perf_counter() - started
-    return {"variant": variant, "steps_per_s": steps / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+def our_command(model: Path, photos: Path, out: Path, *, resolution: int, steps: int) -> list[str]:
+    return ["-m", "portrait_core.training.trainer", "--base-model", str(model), "--dataset", str(photos),
+            "--output-dir", str(out), "--resolution", str(resolution), "--batch-size", "1", "--grad-accum", "1",
+            "--rank", str(RANK), "--alpha", str(RANK), "--max-steps", str(steps), "--steps-per-photo", "10000",
+            "--validate-every", "10000", "--learning-rate", "1e-4", "--mixed-precision", "no", "--no-resume",
+            "--seed", "0", "--caption", PROMPT]
 
 
-def reference_step(setup, dataset: Path, resolution: int):
-    """The plain loop: decode, augment and VAE-encode the batch every step (no cache)."""
-    import torch
+def example_command(script: Path, model: Path, photos: Path, out: Path, *, resolution: int, steps: int) -> list[str]:
+    return [str(script), "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(photos),
+            "--instance_prompt", PROMPT, "--output_dir", str(out), "--resolution", str(resolution), "--center_crop",
+            "--train_batch_size", "1", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4",
+            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--max_train_steps", str(steps),
+            "--checkpointing_steps", "100000", "--train_text_encoder", "--rank", str(RANK), "--seed", "0",
+            "--mixed_precision", "no"]
 
-    from portrait_core.training.dataset import _to_tensor, load_square
-    from portrait_core.training.loop import _micro_batch_loss
 
-    paths = sorted(dataset.glob("*.png"))
-    vae = setup.components.vae
+def real_torchvision_imports() -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import torchvision.transforms"], check=False, capture_output=True)
+    return probe.returncode == 0
 
-    class EncodeEveryStep:
-        scaling_factor = setup.cache.scaling_factor
 
-        def sample(self, indices, flips, generator):
-            batch = torch.stack([_to_tensor(load_square(paths[int(i)], resolution)) for i in indices])
-            batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
-            with torch.no_grad():
-                return vae.encode(batch.to(vae.dtype)).latent_dist.sample(generator) * self.scaling_factor
+def run_once(trainer: str, command: list[str], work: Path, *, resolution: int, steps: int, lora_name: str,
+             extra_path: list[Path], threads: int | None) -> Run:
+    """Launch one training process under the step clock; its figures, or an error naming what failed."""
+    out = work / "out"
+    clock = work / "clock.jsonl"
+    log_path = work / "log.txt"
+    before = ["--before", "transformers_compat"] if trainer == "example" else []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in [REPO_ROOT, *extra_path]))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with log_path.open("w", encoding="utf-8") as log_file:
+        started = time.time()
+        process = subprocess.Popen([sys.executable, str(BENCH / "step_clock.py"), str(clock), *before, "--", *command],
+                                   stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=work)
+        _, status, usage = os.wait4(process.pid, 0)
+    returncode = os.waitstatus_to_exitcode(status)
+    ticks = [json.loads(line) for line in clock.read_text().splitlines()] if clock.is_file() else []
+    lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    tail = [line for line in lines if "Error" in line][-1:] or lines[-1:] or ["(no output)"]
+    if len(ticks) != steps or not (out / lora_name).is_file():
+        raise SystemExit(f"{trainer} at {resolution} px: {len(ticks)} of {steps} steps, LoRA "
+                         f"{'written' if (out / lora_name).is_file() else 'missing'}, exit {returncode}: {tail[0]}"
+                         f" (log: {log_path})")
+    note = "" if returncode == 0 else f"exit {returncode} after its LoRA was written: {tail[0][:160]}"
+    return Run(trainer, resolution, launch_s=ticks[0]["wall"] - started,
+               s_per_step=(ticks[-1]["wall"] - ticks[0]["wall"]) / (steps - 1),
+               cpu_per_step=(ticks[-1]["cpu"] - ticks[0]["cpu"]) / (steps - 1),
+               peak_rss_mb=usage.ru_maxrss / 1024, note=note)
 
-    setup.cache = EncodeEveryStep()
 
-    def step(setup, args, generator):
-        loss = _micro_batch_loss(setup, args.batch_size, generator)
-        setup.accelerator.backward(loss)
-        setup.optimizer.step()
-        setup.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+def summary(runs: list[Run], field: str) -> tuple[float, float]:
+    values = [getattr(run, field) for run in runs]
+    return min(values), statistics.median(values)
 
-    return step
+
+def print_table(runs: list[Run], resolutions: list[int], compared: bool) -> None:
+    fields = [("launch_s", "launch->1st step s"), ("s_per_step", "s / step"), ("cpu_per_step", "CPU s / step"),
+              ("peak_rss_mb", "peak RSS MB")]
+    header = f"{'px':>4}  {'trainer':<16}" + "".join(f"{title:>22}" for _, title in fields) + f"{'steps/s':>10}"
+    print(header)
+    print("-" * len(header))
+    for resolution in resolutions:
+        by_trainer = {name: [r for r in runs if r.trainer == name and r.resolution == resolution]
+                      for name in ("ours", "example")}
+        for name, group in by_trainer.items():
+            if not group:
+                continue
+            cells = "".join(f"{'{:.3g} / {:.3g}'.format(*summary(group, key)):>22}" for key, _ in fields)
+            print(f"{resolution:>4}  {name:<16}{cells}{1 / summary(group, 's_per_step')[1]:>10.2f}")
+        if compared:
+            cells = ""
+            for key, _ in fields:
+                (ours_min, ours_median), (ref_min, ref_median) = summary(by_trainer["ours"], key), \
+                    summary(by_trainer["example"], key)
+                cells += f"{f'{ref_min / ours_min:.2f}x / {ref_median / ours_median:.2f}x':>22}"
+            print(f"{resolution:>4}  {'example / ours':<16}{cells}")
+    notes = sorted({f"{r.trainer}: {r.note}" for r in runs if r.note})
+    for note in notes:
+        print("note:", note)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--resolution", type=int, default=512, help="512: what SD1.5 training really uses")
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="diffusers v0.31.0 examples/dreambooth/train_dreambooth_lora.py, kept outside the project")
+    parser.add_argument("--resolutions", default="64,256,512")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (>= 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per trainer and size (>= 3)")
     parser.add_argument("--images", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2, help="runs per variant, alternating; best kept")
-    parser.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--photos", type=Path, default=None, help="a folder of photos (default: made up)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for both (1 keeps figures sane while other work shares the cores)")
     args = parser.parse_args()
-    if args.variant:
-        print(json.dumps(run_variant(args.variant, args.resolution, args.steps, args.images)))
-        return
-    best: dict[str, dict] = {}
-    # Alternate the variants and keep each one's best run: other load on the machine then hurts both alike.
-    for variant in ("ours", "reference") * args.rounds:
-        output = subprocess.run([sys.executable, __file__, "--variant", variant, "--resolution",
-                                 str(args.resolution), "--steps", str(args.steps), "--images", str(args.images)],
-                                capture_output=True, text=True, check=True).stdout
-        row = json.loads(output.strip().splitlines()[-1])
-        if variant not in best or row["steps_per_s"] > best[variant]["steps_per_s"]:
-            best[variant] = row
-    rows = [best["ours"], best["reference"]]
-    print(f"tiny SD1.5, {args.resolution} px, {args.steps} steps, batch 1, rank 8, {args.images} images, "
-          f"best of {args.rounds} alternating runs")
-    print(f"{'variant':<12}{'steps/s':>10}{'peak RSS MB':>14}")
-    for row in rows:
-        print(f"{row['variant']:<12}{row['steps_per_s']:>10.2f}{row['peak_rss_mb']:>14.0f}")
-    print(f"speed-up of the cached trainer: {rows[0]['steps_per_s'] / rows[1]['steps_per_s']:.2f}x (target >= 1.5x)")
+    if args.steps < 3 or args.repeats < 1:
+        parser.error("--steps must be at least 3 and --repeats at least 1")
+    if args.reference is not None and not args.reference.is_file():
+        parser.error(f"--reference {args.reference} is not a file")
+
+    from portrait_core.models.tiny import ensure_tiny_sd15
+
+    model = ensure_tiny_sd15()
+    resolutions = [int(value) for value in args.resolutions.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    photos = args.photos or make_photos(root / "photos", args.images)
+    example_path = [COMPAT]
+    compat_notes = ["diffusers 0.31's training code is run beside the WebUI's transformers 4.30.2 through "
+                    "reference_compat/transformers_compat.py (the two names it needs from transformers >= 4.34)"]
+    if args.reference is not None and not real_torchvision_imports():
+        example_path.append(COMPAT / "no_torchvision")
+        compat_notes.append("torchvision cannot be imported here: the example's Resize/CenterCrop/ToTensor/"
+                            "Normalize come from reference_compat/no_torchvision (the same PIL operations)")
+    trainers = ["ours", "example"] if args.reference else ["ours"]
+    runs: list[Run] = []
+    for repeat in range(args.repeats):
+        for resolution in resolutions:
+            for trainer in (trainers if repeat % 2 == 0 else trainers[::-1]):
+                work = root / f"{trainer}-{resolution}-{repeat}"
+                work.mkdir()
+                sizes = {"resolution": resolution, "steps": args.steps}
+                if trainer == "ours":
+                    command = our_command(model, photos, work / "out", **sizes)
+                    run = run_once(trainer, command, work, **sizes, lora_name="person.safetensors", extra_path=[],
+                                   threads=args.threads)
+                else:
+                    command = example_command(args.reference, model, photos, work / "out", **sizes)
+                    run = run_once(trainer, command, work, **sizes, lora_name="pytorch_lora_weights.safetensors",
+                                   extra_path=example_path, threads=args.threads)
+                print(f"  {trainer:<8}{resolution:>4} px  run {repeat + 1}: {run.s_per_step:.3f} s/step, "
+                      f"launch {run.launch_s:.2f} s", file=sys.stderr, flush=True)
+                runs.append(run)
+    print(f"tiny SD1.5, {args.images if args.photos is None else 'given'} photos, batch 1, no accumulation, "
+          f"rank {RANK} (UNet attention + text encoder), fp32, {args.steps} steps per run, "
+          f"{args.repeats} interleaved repetitions, {args.threads or 'default'} threads; cells: min / median")
+    print_table(runs, resolutions, compared=args.reference is not None)
+    if args.reference is None:
+        print("comparison with the diffusers example skipped: no --reference given "
+              "(pass --reference DIR/train_dreambooth_lora.py, diffusers v0.31.0 examples/dreambooth)")
+    else:
+        print("ratios are example / ours: above 1 means our trainer is faster (or lighter); target >= 1.5x")
+        for note in compat_notes:
+            print("note:", note)
 
 
 if __name__ == "__main__":

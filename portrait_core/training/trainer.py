@@ -88,13 +88,20 @@ def planned_steps(n_photos: int, steps_per_photo: int, max_steps: int) -> int:
 
 
 class ProgressLog:
-    """Appends one JSON object per line to progress.jsonl; readers poll the file."""
+    """Appends one JSON object per line to progress.jsonl; readers poll the file.
 
-    def __init__(self, path: Path):
+    `enabled=False` (the other processes of a data-parallel run) writes nothing: the main process reports.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, phase: str, **fields) -> None:
+        if not self.enabled:
+            return
         record = {"phase": phase, "time": round(time.time(), 3), **fields}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -118,9 +125,13 @@ class TrainingState:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging(args.loglevel)
+    from accelerate import PartialState
+
+    # Under `accelerate launch --num_processes N` every process runs this; only the main one reports and writes.
+    is_main = PartialState().is_main_process
+    configure_logging(args.loglevel if is_main else "WARNING")
     previous_handlers = _install_cancel_handlers()
-    progress = ProgressLog(args.output_dir / "progress.jsonl")
+    progress = ProgressLog(args.output_dir / "progress.jsonl", enabled=is_main)
     try:
         from portrait_core.training.loop import run_training
 
@@ -137,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     progress.write("done", lora=str(final))
-    print(f"LoRA written to {final}")
+    if is_main:
+        print(f"LoRA written to {final}")
     return 0
 
 

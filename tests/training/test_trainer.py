@@ -117,3 +117,35 @@ def test_train_command_prepares_trains_and_prints_the_lora(shared_faces_dir, tmp
     assert loras[tmp_path / "a"] != loras[tmp_path / "b"], "the second root overwrote the first one's LoRA"
     assert not (tmp_path / "default-home" / "identities").exists()
     assert not list((tmp_path / "default-home").glob("jobs/*.json"))
+
+
+def test_the_trainers_optimizer_makes_plain_adamws_update():
+    """The fused/multi-tensor AdamW the trainer picks for speed moves the LoRA weights as plain AdamW does."""
+    import torch
+
+    from portrait_core.training.loop import _optimizer
+
+    torch.manual_seed(0)
+    start = {name: [torch.randn(8, 4), torch.randn(4, 8)] for name in ("unet", "text_encoder")}
+    grads = [[torch.randn(8, 4), torch.randn(4, 8)] for _ in range(3)]
+
+    def trained(make):
+        models = {name: torch.nn.ParameterList([torch.nn.Parameter(t.clone()) for t in tensors])
+                  for name, tensors in start.items()}
+        optimizer = make(models)
+        for step_grads in grads:
+            for model in models.values():
+                for parameter, grad in zip(model, step_grads, strict=True):
+                    parameter.grad = grad.clone()
+            optimizer.step()
+        return torch.cat([p.detach().flatten() for model in models.values() for p in model])
+
+    def plain(models):
+        return torch.optim.AdamW([{"params": list(models["unet"]), "lr": 1e-2},
+                                  {"params": list(models["text_encoder"]), "lr": 5e-3}],
+                                 weight_decay=1e-2, foreach=False, fused=False)
+
+    ours = trained(lambda models: _optimizer(models, 1e-2, 0.5))
+    reference = trained(plain)
+    assert not torch.equal(ours, torch.cat([t.flatten() for tensors in start.values() for t in tensors]))
+    assert torch.allclose(ours, reference, rtol=0, atol=1e-6)
