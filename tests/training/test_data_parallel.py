@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from safetensors import safe_open
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +36,6 @@ def _lora(path: Path) -> tuple[set[str], dict[str, str]]:
         return set(handle.keys()), handle.metadata()
 
 
-@pytest.mark.slow
 def test_two_processes_share_the_photos_average_gradients_and_one_writes(tmp_path, tiny_sd15, astronaut):
     photos = tmp_path / "photos"
     photos.mkdir()
