@@ -580,6 +580,7 @@ class _TurnFollower:
         self._title = f"Portrait Studio: training {job.identity}"
         self._turn = turn
         self._next = 0.0
+        self._steps = (0, 0)  # the last training step and total seen: kept through phases that have none
 
     def __call__(self) -> bool:
         now = time.monotonic()
@@ -587,9 +588,9 @@ class _TurnFollower:
             self._next = now + 1.0
             latest = read_last_progress(self._path)
             phase = latest.get("phase", "starting")
-            training = phase not in SETUP_PHASES and isinstance(latest.get("total"), int)
-            step, total = (int(latest.get("step") or 0), latest["total"]) if training else (0, 0)
-            self._turn.progress(step, total, f"{self._title} ({phase})")
+            if phase not in SETUP_PHASES and isinstance(latest.get("total"), int):
+                self._steps = (int(latest.get("step") or 0), latest["total"])
+            self._turn.progress(*self._steps, f"{self._title} ({phase})")
         return self._turn.interrupted()
 
 

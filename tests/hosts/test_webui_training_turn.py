@@ -35,6 +35,10 @@ for step in (1, 2, 3):
     deadline = time.monotonic() + 300
     while not (out / f"go{step}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+report(phase="merging")  # a phase without steps
+deadline = time.monotonic() + 300
+while not (out / "go4").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
 report(phase="done")
 """
 
@@ -110,6 +114,9 @@ def test_the_webuis_progress_console_and_queue_follow_a_training(webui, tmp_path
         assert [answer["active"] for answer in answers] == [True, True, True]
         assert [round(answer["progress"], 2) for answer in answers] == [0.33, 0.67, 1.0]
         assert answers[0]["textinfo"] == "Portrait Studio: training ana (training)"
+        wait_until(lambda: shared.state.textinfo.endswith("(merging)"), "the merge after the last step")
+        assert (shared.state.job_no, shared.state.job_count) == (3, 3), "the bar fell back in a phase without steps"
+        (output / "go4").touch()
         assert runner.wait(job.id, timeout=180).state == DONE
         assert progress.progressapi(task)["completed"]
         assert webui.moves == ["cpu", "cuda"], "the checkpoint should be back on the GPU after the training"
@@ -154,7 +161,7 @@ def test_the_setting_decides_whether_other_generations_wait_for_a_training(webui
             call_queue.queue_lock.release()
         assert free is not takes_turn
         assert webui.device == ("cpu" if takes_turn else "cuda")
-        for step in (1, 2, 3):
+        for step in (1, 2, 3, 4):
             (output / f"go{step}").touch()
         assert services.runner.wait(job.id, timeout=180).state == DONE
     finally:
