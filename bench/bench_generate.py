@@ -9,15 +9,20 @@ Prints, side by side in one run (interleaved repetitions, min and median):
 2. the ControlNet and adapter forwards each of those portraits runs;
 3. identity scoring of a result with 1, 2, 3 faces: one face search per face (before) against one per
    result (after); and photo preparation's face detection with and without the tiled search;
-4. with --cold-warm: the portrait's wall time against its diffusion time, and cold vs warm.
+4. with --cold-warm (or only that: --cold-warm-only): cold (the first portrait in a new process, every
+   model loading) against warm (the next ones) at 128 px 10+5 steps and at the defaults, each round in a
+   new process, and the warm portrait's wall time against its diffusion time.
 
     .venv/bin/python bench/bench_generate.py [--crop-size 512] [--steps 50] [--second-steps 20] [--repeat 3]
+        [--cold-warm | --cold-warm-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,8 +200,19 @@ def timed_portrait(service, params, template) -> tuple[float, float]:
     return time.perf_counter() - started, result.diffusion_seconds
 
 
-def measure_cold_warm(root, crop: int, steps: int, second_steps: int) -> list[tuple[str, float, float]]:
-    """Cold (a new service: every model loads inside the call) then warm, for one setting."""
+def import_libraries() -> None:
+    """torch, diffusers' pipeline and model classes, transformers, mediapipe and dlib imported, no model loaded:
+    where the WebUI stands when its first portrait is asked for (it imported torch long before)."""
+    import dlib  # noqa: F401
+    import mediapipe  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from diffusers import ControlNetModel, StableDiffusionControlNetInpaintPipeline  # noqa: F401
+
+
+def measure_cold_warm(root, crop: int, steps: int, second_steps: int) -> dict:
+    """The first portrait of a new service (cold: every model loads inside the call) and the second (warm),
+    for one setting, in this process: {"cold": (wall s, diffusion s), "warm": (wall s, diffusion s)}."""
     from portrait_core.adapters.cli.demo import DEMO_IDENTITY, studio_template
     from portrait_core.params import GenerateParams
     from portrait_core.services.runtime import standalone_services
@@ -212,18 +228,45 @@ def measure_cold_warm(root, crop: int, steps: int, second_steps: int) -> list[tu
         warm = timed_portrait(service, params, template)
     finally:
         services.close()
-    label = f"{crop}px {steps}+{second_steps}"
-    return [(f"{label} cold", *cold), (f"{label} warm", *warm)]
+    return {"cold": cold, "warm": warm}
+
+
+def cold_warm_in_new_processes(root, cases: list[tuple[tuple[int, int, int], bool]], repeat: int) -> dict:
+    """`measure_cold_warm` for each (setting, libraries imported first) case, each time in a new Python process
+    (a user's first portrait after starting the app is the cold one); cases interleaved, `repeat` rounds.
+    {case: [result, ...]}."""
+    samples = {case: [] for case in cases}
+    for _ in range(repeat):
+        for case in cases:
+            setting, imported = case
+            child = subprocess.run([sys.executable, __file__, "--cold-warm-child", str(root),
+                                    *(str(value) for value in setting), *(["--imported"] if imported else [])],
+                                   check=True, capture_output=True, text=True)
+            samples[case].append(json.loads(child.stdout.strip().splitlines()[-1]))
+    return samples
 
 
 def print_cold_warm(root, args) -> None:
-    rows = measure_cold_warm(root, args.crop_size, args.steps, args.second_steps) + measure_cold_warm(root, 128, 10, 5)
-    print(f"\n{'portrait':<22}{'wall s':>9}{'diffusion s':>14}{'wall/diffusion':>16}")
-    for name, wall, diffusion in rows:
-        print(f"{name:<22}{wall:>9.2f}{diffusion:>14.2f}{wall / diffusion:>16.3f}")
-    print(f"pipeline overhead, defaults, warm: {rows[1][1] / rows[1][2]:.3f} (target <= 1.10)")
-    print(f"warm vs cold, small setting: {rows[2][1] / rows[3][1]:.1f}x faster (target >= 3x); "
-          f"at the defaults: {rows[0][1] / rows[1][1]:.2f}x (diffusion dominates on CPU)")
+    defaults, small = (args.crop_size, args.steps, args.second_steps), (128, 10, 5)
+    cases = [(small, True), (small, False), (defaults, True)]
+    samples = cold_warm_in_new_processes(root, cases, args.repeat)
+    print(f"\ncold = the first portrait of a new process (every model loads inside it), warm = its second; "
+          f"{args.repeat} rounds, each a new process;\n'libraries imported' = torch, diffusers, transformers, "
+          f"mediapipe, dlib imported before the first portrait (as in the WebUI), else imported inside it")
+    print(f"{'portrait':<34}{'cold min s':>11}{'median':>8}{'warm min s':>11}{'median':>8}"
+          f"{'warm diffusion':>15}{'cold/warm min':>14}{'median':>8}")
+    for (setting, imported), runs in samples.items():
+        cold = [run["cold"][0] for run in runs]
+        warm = [run["warm"][0] for run in runs]
+        ratios = [c / w for c, w in zip(cold, warm, strict=True)]
+        label = "%dpx %d+%d, " % setting + ("libraries imported" if imported else "cold imports")
+        print(f"{label:<34}{min(cold):>11.2f}{statistics.median(cold):>8.2f}{min(warm):>11.2f}"
+              f"{statistics.median(warm):>8.2f}{min(run['warm'][1] for run in runs):>15.2f}"
+              f"{min(cold) / min(warm):>13.1f}x{statistics.median(ratios):>7.1f}x")
+    warm_defaults = samples[(defaults, True)]
+    overhead = min(run["warm"][0] / run["warm"][1] for run in warm_defaults)
+    print(f"pipeline overhead at the defaults, warm (wall / diffusion): {overhead:.3f} (target <= 1.10); "
+          f"warm vs cold at 128px 10+5: target >= 3x")
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -253,12 +296,23 @@ def main() -> None:
     parser.add_argument("--second-steps", type=int, default=20, help="second pass (reference default 20)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved timed repetitions (after one warm-up)")
     parser.add_argument("--cold-warm", action="store_true", help="also the cold/warm and overhead table")
+    parser.add_argument("--cold-warm-only", action="store_true", help="only the cold/warm table")
+    parser.add_argument("--cold-warm-child", nargs=4, metavar=("ROOT", "CROP", "STEPS", "SECOND"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--imported", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cold_warm_child:
+        folder, *setting = args.cold_warm_child
+        if args.imported:
+            import_libraries()
+        print(json.dumps(measure_cold_warm(Path(folder), *(int(value) for value in setting))))
+        return
     root = prepare_identity(Path(tempfile.mkdtemp(prefix="bench-generate-")))
-    timings, forwards = measure_portraits(root, args.crop_size, args.steps, args.second_steps, args.repeat)
-    print_portraits(timings, forwards, args)
-    print_pairs(measure_scoring(root, args.repeat) + measure_detection(args.repeat))
-    if args.cold_warm:
+    if not args.cold_warm_only:
+        timings, forwards = measure_portraits(root, args.crop_size, args.steps, args.second_steps, args.repeat)
+        print_portraits(timings, forwards, args)
+        print_pairs(measure_scoring(root, args.repeat) + measure_detection(args.repeat))
+    if args.cold_warm or args.cold_warm_only:
         print_cold_warm(root, args)
 
 

@@ -10,8 +10,11 @@ back, and the new face is scored against the user's photos.
 
 from __future__ import annotations
 
+import hashlib
 import random
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +32,9 @@ from portrait_core.params import GenerateParams, output_size_problem
 log = get_logger("generate")
 
 IP_ADAPTER_BESIDE_LORA, IP_ADAPTER_ALONE = 0.0, 0.6
+# Images (templates, and reference faces pasted into them) whose faces a generator remembers: a few kB of
+# landmarks each, the images themselves are not kept.
+TEMPLATE_FACES_KEPT = 32
 
 
 class TemplateError(PortraitError):
@@ -90,6 +96,8 @@ class PortraitGenerator:
     def __init__(self, host: Host, analyzer: FaceAnalyzer):
         self.host = host
         self.analyzer = analyzer
+        self._found: OrderedDict[tuple, tuple[Face, ...]] = OrderedDict()
+        self._found_guard = threading.Lock()
 
     def generate(self, template: Image.Image, identities: list[IdentityAssets], params: GenerateParams, *,
                  template_name: str = "template") -> list[PortraitResult]:
@@ -111,7 +119,7 @@ class PortraitGenerator:
     def assign_faces(self, template: Image.Image, identities: list[IdentityAssets], params: GenerateParams,
                      template_name: str) -> list[tuple[Face, IdentityAssets]]:
         """Template faces (left to right) paired with the identities, or per `params.face_order`."""
-        faces = sorted(self.analyzer.detect(np.asarray(template.convert("RGB"))), key=lambda f: f.box[0])
+        faces = self.template_faces(template)
         if not faces:
             raise TemplateError(f"template {template_name} has no face that can be found; choose a photo "
                                 "with a clearly visible face")
@@ -120,6 +128,30 @@ class PortraitGenerator:
             raise TemplateError(f"template {template_name} has {len(faces)} face(s) but face "
                                 f"{max(order)} was asked for ({len(identities)} identities)")
         return [(faces[index], identity) for index, identity in zip(order, identities, strict=True)]
+
+    def template_faces(self, template: Image.Image) -> list[Face]:
+        """The template's faces, left to right (searched once per template: see `_remembered_faces`)."""
+        return sorted(self._remembered_faces(np.asarray(template.convert("RGB"))), key=lambda f: f.box[0])
+
+    def _remembered_faces(self, pixels: np.ndarray) -> tuple[Face, ...]:
+        """The analyzer's faces in `pixels`, remembered for the last TEMPLATE_FACES_KEPT images searched this
+        way: the next portrait of the same template (another seed, a second click) searches neither the
+        template nor the reference face pasted into it again. Remembered faces are read-only."""
+        key = (pixels.shape, hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).digest())
+        with self._found_guard:
+            if key in self._found:
+                self._found.move_to_end(key)
+                return self._found[key]
+        faces = tuple(self.analyzer.detect(pixels))
+        for face in faces:
+            for array in (face.points, face.landmarks):
+                if array is not None:
+                    array.flags.writeable = False
+        with self._found_guard:
+            self._found[key] = faces
+            while len(self._found) > TEMPLATE_FACES_KEPT:
+                self._found.popitem(last=False)
+        return faces
 
     def _render(self, template: Image.Image, faces: list[tuple[Face, IdentityAssets]], params: GenerateParams, *,
                 seed: int, template_name: str, notes: list[str]) -> PortraitResult:
@@ -206,7 +238,7 @@ class PortraitGenerator:
         The face was pasted there, so only a region around the points is searched, not the whole crop."""
         left, top, right, bottom = _region_around(points, image.size)
         region = np.ascontiguousarray(np.asarray(image)[top:bottom, left:right])
-        match = _face_at(self.analyzer.detect(region), points.mean(axis=0) - (left, top))
+        match = _face_at(self._remembered_faces(region), points.mean(axis=0) - (left, top))
         if match is not None:
             return match.in_crop(-left, -top)
         x0, y0 = points.min(axis=0)
@@ -258,17 +290,18 @@ class PortraitGenerator:
     def identity_scores(self, image: Image.Image, faces: list[tuple[Face, IdentityAssets]],
                         params: GenerateParams) -> list[FaceResult]:
         """For each template face, the similarity of the face now at its place to its identity's photos (None
-        when none is found there). The result is searched for faces once; each template face is matched to
-        the face found around its centre."""
+        when none is found there). Each face is looked for only in a region around its place: the detector's
+        time grows with the pixels it searches, and there the face has the size the detector likes best."""
         scale = params.upscale if params.upscale > 1.0 else 1.0
         pixels = np.asarray(image.convert("RGB"))
-        found = self.analyzer.detect(pixels)
         results = []
         for face, identity in faces:
             centre = np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2]) * scale
-            match = _face_at(found, centre)
+            left, top, right, bottom = _region_around(face.points * scale, image.size)
+            match = _face_at(self.analyzer.detect(np.ascontiguousarray(pixels[top:bottom, left:right])),
+                             centre - (left, top))
             score = None if match is None else round(
-                float(similarity(self.analyzer.embed(pixels, match), identity.centre)), 4)
+                float(similarity(self.analyzer.embed(pixels, match.in_crop(-left, -top)), identity.centre)), 4)
             results.append(FaceResult(identity.id, face.box_list(), score))
         return results
 

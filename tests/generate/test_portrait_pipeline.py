@@ -105,6 +105,41 @@ def test_second_portrait_loads_nothing(service, biden):
     assert service.generator.host.load_count == loads
 
 
+def test_a_template_met_again_is_not_searched_again_and_renders_the_same(service, biden, monkeypatch):
+    import hashlib
+
+    def fingerprint(pixels):
+        return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+    analyzer = service.generator.analyzer
+    x0, y0, x1, y1 = analyzer.detect(np.asarray(biden))[0].box
+    template = biden.copy()
+    template.putpixel((round((x0 + x1) / 2), round(y1)), (1, 2, 3))  # a template (and face) no other test used
+    searched, detect = [], analyzer.detect
+    monkeypatch.setattr(analyzer, "detect", lambda image, **options: (searched.append(fingerprint(image)),
+                                                                      detect(image, **options))[1])
+    params = GenerateParams(identities=["obama"], **{**FAST, "seed": 11})
+    first = service.generate(params, [("t", template)])[0][0]
+    # the template, the user's face pasted into its crop (for the pose map), then the result (for its score)
+    template_searched, pasted_searched, *result_searched = searched
+    assert template_searched == fingerprint(np.asarray(template)) and result_searched
+    searched.clear()
+    again = service.generate(params, [("t", template.copy())])[0][0]
+    assert searched == result_searched  # only the new result
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))
+    assert [(face.box, face.identity_score) for face in again.faces] == [(face.box, face.identity_score)
+                                                                         for face in first.faces]
+    searched.clear()
+    other_seed = service.generate(params.copy(update={"seed": 12}), [("t", template)])[0][0]
+    assert not np.array_equal(np.asarray(other_seed.image), np.asarray(first.image))
+    assert template_searched not in searched and pasted_searched not in searched
+    edited = template.copy()
+    edited.paste((0, 0, 0), (0, 0, 32, 32))  # a corner changed: another template, the same face crop
+    searched.clear()
+    service.generate(params, [("t", edited)])
+    assert searched[0] == fingerprint(np.asarray(edited)) and pasted_searched not in searched
+
+
 def test_two_faces_two_identities_both_processed(service, shared_faces_dir):
     left = Image.open(shared_faces_dir / "obama.jpg").convert("RGB")
     right = Image.open(shared_faces_dir / "biden.jpg").convert("RGB")
