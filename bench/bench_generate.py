@@ -259,7 +259,8 @@ def print_cold_warm(root, args) -> None:
         cold = [run["cold"][0] for run in runs]
         warm = [run["warm"][0] for run in runs]
         ratios = [c / w for c, w in zip(cold, warm, strict=True)]
-        label = "%dpx %d+%d, " % setting + ("libraries imported" if imported else "cold imports")
+        crop, steps, second = setting
+        label = f"{crop}px {steps}+{second}, " + ("libraries imported" if imported else "cold imports")
         print(f"{label:<34}{min(cold):>11.2f}{statistics.median(cold):>8.2f}{min(warm):>11.2f}"
               f"{statistics.median(warm):>8.2f}{min(run['warm'][1] for run in runs):>15.2f}"
               f"{min(cold) / min(warm):>13.1f}x{statistics.median(ratios):>7.1f}x")

@@ -112,7 +112,7 @@ def test_a_template_met_again_is_not_searched_again_and_renders_the_same(service
         return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
     analyzer = service.generator.analyzer
-    x0, y0, x1, y1 = analyzer.detect(np.asarray(biden))[0].box
+    x0, _, x1, y1 = analyzer.detect(np.asarray(biden))[0].box
     template = biden.copy()
     template.putpixel((round((x0 + x1) / 2), round(y1)), (1, 2, 3))  # a template (and face) no other test used
     searched, detect = [], analyzer.detect
