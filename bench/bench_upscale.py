@@ -2,11 +2,12 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.bench_upscale [--side 256] [--tiles 128 256]
+    .venv/bin/python -m bench.bench_upscale [--side 256] [--tiles 128 256] [--repeat 3]
 
-Each configuration runs in a fresh Python process, so its peak RSS (the process's high-water mark) is its
-own: the model load, the tiles in flight and the output. The table prints seconds per megapixel of output
-and that peak, one row per configuration, measured side by side in one run.
+Each measurement runs in a fresh Python process, so its peak RSS (the process's high-water mark) is its
+own: the model load, the tiles in flight and the output. The configurations take turns (`--repeat` rounds,
+one measurement of each per round), and the table prints min and median seconds per megapixel of output,
+the peak, and each configuration's time against the first one's, all from the same run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -53,20 +55,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=256, help="input side in px (the output is 4x)")
     parser.add_argument("--tiles", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (each a new process)")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "TILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(run_one(args.child[0], int(args.child[1]), args.side)))
         return 0
     configurations = [("Real-ESRGAN", tile) for tile in args.tiles] + [("lanczos", 0)]
-    print(f"input {args.side}x{args.side} px -> output {4 * args.side}x{4 * args.side} px")
-    print("| upscaler | tile | s per output MP | peak RSS (MB) |\n| --- | --- | --- | --- |")
-    for kind, tile in configurations:
-        child = subprocess.run([sys.executable, "-m", "bench.bench_upscale", "--side", str(args.side),
-                                "--child", kind, str(tile)], capture_output=True, text=True, check=True)
-        row = json.loads(child.stdout.strip().splitlines()[-1])
+    rows: dict[tuple[str, int], list[dict]] = {configuration: [] for configuration in configurations}
+    for _ in range(args.repeat):
+        for kind, tile in configurations:
+            child = subprocess.run([sys.executable, "-m", "bench.bench_upscale", "--side", str(args.side),
+                                    "--child", kind, str(tile)], capture_output=True, text=True, check=True)
+            rows[(kind, tile)].append(json.loads(child.stdout.strip().splitlines()[-1]))
+    print(f"input {args.side}x{args.side} px -> output {4 * args.side}x{4 * args.side} px; "
+          f"{args.repeat} interleaved rounds, each measurement a new process; cells: min / median")
+    print("| upscaler | tile | s per output MP | peak RSS (MB) | time vs the first row (min) |\n"
+          "| --- | --- | --- | --- | --- |")
+    first = None
+    for (kind, tile), samples in rows.items():
+        per_mp = [sample["seconds"] / sample["megapixels"] for sample in samples]
+        peaks = [sample["peak_mb"] for sample in samples]
+        first = min(per_mp) if first is None else first
         label = f"{tile} px" if tile else "-"
-        print(f"| {kind} | {label} | {row['seconds'] / row['megapixels']:.2f} | {row['peak_mb']:.0f} |")
+        print(f"| {kind} | {label} | {min(per_mp):.2f} / {statistics.median(per_mp):.2f} | "
+              f"{min(peaks):.0f} / {statistics.median(peaks):.0f} | {min(per_mp) / first:.3f}x |")
     return 0
 
 
