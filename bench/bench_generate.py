@@ -4,11 +4,12 @@ Prints, side by side in one run (interleaved repetitions, min and median):
 1. a warm portrait at the defaults, before (the colour control on a ControlNet at every step, each
    ControlNet embedding its control image at every step, the masked image VAE-encoded, the result
    searched for faces once per face) and after (the colour T2I-Adapter run once, each control image
-   embedded once per call, no unused encode, one search per result), and after with earlier control windows (canny and
-   colour end at 0.5); target after >= 1.2x faster than before;
+   embedded once per call, no unused encode, each face searched for in a region around its place), and
+   after with earlier control windows (canny and colour end at 0.5); target after >= 1.2x faster than before;
 2. the ControlNet and adapter forwards each of those portraits runs;
-3. identity scoring of a result with 1, 2, 3 faces: one face search per face (before) against one per
-   result (after); and photo preparation's face detection with and without the tiled search;
+3. identity scoring of a result with 1, 2, 3 faces: the whole result searched once per face (before)
+   against a region around each face (after); and photo preparation's face detection with and without the
+   tiled search;
 4. with --cold-warm (or only that: --cold-warm-only): cold (the first portrait in a new process, every
    model loading) against warm (the next ones) at 128 px 10+5 steps and at the defaults, each round in a
    new process, and the warm portrait's wall time against its diffusion time.
